@@ -1,0 +1,6 @@
+# Copyright (c) multi-condos contributors
+# Licensed under the Apache License, Version 2.0
+"""Multi-ConDoS bundle package: what MONAI lacks for the method (shared-block generators, projection head,
+image pool, the 2G/2D training step, translation validation, data helpers and the demo dataset)."""
+
+from . import data, demo_data, handlers, networks, trainer, transforms  # noqa: F401

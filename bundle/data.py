@@ -1,0 +1,185 @@
+# Copyright (c) multi-condos contributors
+# Licensed under the Apache License, Version 2.0
+"""Datalist helpers of the bundle's data contract: reading a Decathlon-style datalist with any modality keys,
+subject-level seeded splits and the ``image_size`` rule."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MIN_IMAGE_SIZE",
+    "as_image_size",
+    "as_modality_pair",
+    "check_checkpoint_dir",
+    "load_datalist",
+    "subject_id",
+    "train_val_split",
+    "resolve_path",
+]
+
+#: smallest slice side: the 70x70 PatchGAN and the 4-level U-Net need at least this much
+MIN_IMAGE_SIZE = 32
+
+
+def as_image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """
+    Normalise ``image_size`` (an int for square slices, or ``[h, w]``) to ``(h, w)``.
+
+    Raises:
+        ValueError: for a malformed value or a side below ``MIN_IMAGE_SIZE``.
+    """
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+        size = (int(image_size), int(image_size))
+    elif isinstance(image_size, Sequence) and not isinstance(image_size, str) and len(image_size) == 2:
+        size = (int(image_size[0]), int(image_size[1]))
+    else:
+        raise ValueError(f"image_size must be an int or [h, w], got {image_size!r}.")
+    if min(size) < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"image_size {list(size)} is too small: each side must be >= {MIN_IMAGE_SIZE} "
+            "(the PatchGAN discriminator and the 4-level U-Net need it)."
+        )
+    return size
+
+
+def resolve_path(path: str, base_dir: str | os.PathLike) -> str:
+    """``path`` when absolute, else ``base_dir/path`` (normalised)."""
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(os.fspath(base_dir), path))
+
+
+def subject_id(record: dict[str, Any], keys: Sequence[str]) -> str:
+    """The record's ``subject``, or one derived from the first file name (its stem up to the last ``_``/``-``)."""
+    if record.get("subject"):
+        return str(record["subject"])
+    name = os.path.basename(str(record[keys[0]]))
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".gz"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    for sep in ("_", "-"):
+        if sep in name:
+            return name.rsplit(sep, 1)[0]
+    return name
+
+
+def load_datalist(
+    data_list_file_path: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    keys: Sequence[str],
+    sections: Sequence[str] = ("training", "validation"),
+) -> dict[str, list[dict[str, Any]]]:
+    """
+    Read a Decathlon-style datalist and return its ``sections`` with absolute paths for ``keys``.
+
+    Each returned record keeps the other entries of the datalist record and always has ``subject``.
+    Sections missing from the file are returned as empty lists, except ``training`` which is required.
+
+    Raises:
+        FileNotFoundError: the datalist or a file it names is missing.
+        ValueError: malformed JSON, no ``training`` list, or a record without one of ``keys``.
+    """
+    path = os.fspath(data_list_file_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"datalist not found: {path}")
+    with open(path) as f:
+        try:
+            content = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    if not isinstance(content, dict) or not isinstance(content.get("training"), list):
+        raise ValueError(f"{path}: a datalist needs a 'training' list of records.")
+    problems: list[str] = []
+    out: dict[str, list[dict[str, Any]]] = {}
+    for section in sections:
+        records = content.get(section) or []
+        out[section] = []
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                problems.append(f"{section}[{i}]: not a dict")
+                continue
+            missing = [k for k in keys if k not in record]
+            sid = record.get("subject", f"{section}[{i}]")
+            if missing:
+                problems.append(f"subject {sid}: missing key(s) {missing} (has {sorted(record)})")
+                continue
+            item = dict(record)
+            for k in keys:
+                item[k] = resolve_path(str(record[k]), dataset_dir)
+                if not os.path.isfile(item[k]):
+                    problems.append(f"subject {sid}, key '{k}': file not found: {item[k]}")
+            item["subject"] = subject_id(record, keys)
+            out[section].append(item)
+    if problems:
+        raise ValueError(f"{path}: {len(problems)} problem(s) with the datalist:\n  " + "\n  ".join(problems))
+    if not out.get("training", [None]):
+        raise ValueError(f"{path}: the 'training' list is empty.")
+    return out
+
+
+def train_val_split(
+    datalist: dict[str, list[dict[str, Any]]], val_fraction: float = 0.2, seed: int = 0, min_val: int = 1
+) -> dict[str, list[dict[str, Any]]]:
+    """
+    ``{"training", "validation"}`` records: the datalist's own ``validation`` list when it has one, else a seeded
+    subject-level split of ``training`` (all records of a subject go to the same side).
+
+    Raises:
+        ValueError: when ``val_fraction`` is outside [0, 1) or too few subjects remain for training.
+    """
+    if datalist.get("validation"):
+        return {"training": list(datalist["training"]), "validation": list(datalist["validation"])}
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    subjects = sorted({r["subject"] for r in datalist["training"]})
+    n_val = 0 if val_fraction == 0 else max(int(min_val), int(round(val_fraction * len(subjects))))
+    if len(subjects) - n_val < 1:
+        raise ValueError(f"{len(subjects)} training subject(s) are too few for a validation split of {n_val}.")
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    val_subjects = {subjects[i] for i in order[:n_val]}
+    return {
+        "training": [r for r in datalist["training"] if r["subject"] not in val_subjects],
+        "validation": [r for r in datalist["training"] if r["subject"] in val_subjects],
+    }
+
+
+def as_modality_pair(modalities: Sequence[str]) -> list[str]:
+    """
+    Validate the modality pair ``[A, B]`` (datalist keys).
+
+    Raises:
+        ValueError: unless ``modalities`` is two distinct, non-empty strings other than ``subject``/``label``.
+    """
+    if isinstance(modalities, str) or len(modalities) != 2:
+        raise ValueError(f"modalities must be a pair [A, B] of datalist keys, got {modalities!r}.")
+    pair = [str(m) for m in modalities]
+    if pair[0] == pair[1] or not all(pair) or {"subject", "label"} & set(pair):
+        raise ValueError(f"modalities must be two different image keys, got {pair}.")
+    return pair
+
+
+def check_checkpoint_dir(ckpt_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> None:
+    """
+    Refuse to start a fresh run over the checkpoints of an earlier one (nothing written is silently lost).
+
+    Raises:
+        FileExistsError: when ``ckpt_dir`` already holds ``generators.pt`` or ``checkpoints/*.pt`` and neither
+            ``overwrite`` nor ``resume`` is set.
+    """
+    if overwrite or resume:
+        return
+    ckpt_dir = os.fspath(ckpt_dir)
+    found = [os.path.join(ckpt_dir, "generators.pt")] if os.path.isfile(os.path.join(ckpt_dir, "generators.pt")) else []
+    sub = os.path.join(ckpt_dir, "checkpoints")
+    if os.path.isdir(sub):
+        found += sorted(os.path.join(sub, f) for f in os.listdir(sub) if f.endswith(".pt"))
+    if found:
+        raise FileExistsError(
+            f"{ckpt_dir} already holds checkpoints of an earlier run ({', '.join(found[:3])}"
+            f"{', ...' if len(found) > 3 else ''}). Choose another --ckpt_dir, or pass --overwrite True to replace them."
+        )

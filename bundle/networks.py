@@ -1,0 +1,237 @@
+# Copyright (c) multi-condos contributors
+# Licensed under the Apache License, Version 2.0
+"""Networks of Multi-ConDoS that MONAI lacks: a BasicUNet translation generator that also returns its bottleneck
+feature, a generator pair with domain sharing layers, the contrastive projection head and the image pool."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from monai.networks.nets import BasicUNet
+from monai.networks.utils import normal_init
+from torch import nn
+
+__all__ = [
+    "BASIC_UNET_BLOCKS",
+    "TranslationGenerator",
+    "ProjectionHead",
+    "MultiConDoSGenerators",
+    "ImagePool",
+    "share_blocks",
+]
+
+#: the named child blocks of ``monai.networks.nets.BasicUNet`` (encoder, bottleneck, decoder), input to output
+BASIC_UNET_BLOCKS: tuple[str, ...] = (
+    "conv_0",
+    "down_1",
+    "down_2",
+    "down_3",
+    "down_4",
+    "upcat_4",
+    "upcat_3",
+    "upcat_2",
+    "upcat_1",
+    "final_conv",
+)
+
+
+class TranslationGenerator(nn.Module):
+    """
+    An image-to-image generator: a MONAI ``BasicUNet`` followed by tanh, returning the bottleneck feature too.
+
+    The wrapped network is kept as ``self.unet`` so that its ``state_dict`` loads unchanged into a plain
+    ``BasicUNet`` (the fine-tuning segmentation network).
+
+    Args:
+        unet: the ``BasicUNet`` to wrap.
+    """
+
+    def __init__(self, unet: BasicUNet) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Returns:
+            the translated image in [-1, 1] and the bottleneck feature (output of ``down_4``).
+        """
+        # BasicUNet.forward does not expose the bottleneck, so its (short) forward pass is spelled out here.
+        net = self.unet
+        x0 = net.conv_0(x)
+        x1 = net.down_1(x0)
+        x2 = net.down_2(x1)
+        x3 = net.down_3(x2)
+        x4 = net.down_4(x3)
+        u4 = net.upcat_4(x4, x3)
+        u3 = net.upcat_3(u4, x2)
+        u2 = net.upcat_2(u3, x1)
+        u1 = net.upcat_1(u2, x0)
+        return torch.tanh(net.final_conv(u1)), x4
+
+
+class ProjectionHead(nn.Module):
+    """
+    SimCLR-style projection head: global average pooling, Linear, ReLU, Linear.
+
+    Args:
+        in_features: channels of the feature map (the bottleneck width).
+        hidden_features: width of the hidden layer.
+        out_features: dimension of the projected vector.
+    """
+
+    def __init__(self, in_features: int = 256, hidden_features: int = 256, out_features: int = 128) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_features, hidden_features), nn.ReLU(inplace=True), nn.Linear(hidden_features, out_features)
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Project a ``(B, C, *spatial)`` feature map to ``(B, out_features)``."""
+        return self.mlp(features.flatten(2).mean(dim=2))
+
+
+def share_blocks(source: nn.Module, target: nn.Module, block_names: Sequence[str]) -> None:
+    """
+    Make ``target`` use the very same module instances as ``source`` for ``block_names`` (domain sharing layers).
+
+    Raises:
+        ValueError: when a name is not a child block of both networks, or is repeated.
+    """
+    names = list(block_names)
+    if len(set(names)) != len(names):
+        raise ValueError(f"shared_blocks has repeated names: {names}.")
+    available = [name for name, _ in source.named_children()]
+    for name in names:
+        if name not in available or not hasattr(target, name):
+            raise ValueError(f"shared_blocks: unknown block '{name}'; choose from {available}.")
+        setattr(target, name, getattr(source, name))
+
+
+class MultiConDoSGenerators(nn.Module):
+    """
+    The two translation generators G_AB and G_BA of Multi-ConDoS with their domain sharing layers, plus the
+    projection head of the multimodal contrastive loss.
+
+    Both generators are 2-D (or 3-D) MONAI ``BasicUNet`` networks with a tanh output. The blocks named in
+    ``shared_blocks`` are the same module instances in both generators, so they learn domain-sharing features;
+    the other blocks stay domain-specific. Because the pair is one module, ``parameters()`` lists each shared
+    tensor once (a deduplicated generator optimizer) and it can be wrapped as one module by DDP.
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        in_channels: input channels of each generator.
+        out_channels: output channels of each generator.
+        features: the six ``BasicUNet`` feature widths.
+        shared_blocks: ``BasicUNet`` block names shared by both generators, e.g. ``("down_4", "upcat_4")``;
+            empty gives two independent generators.
+        projection_hidden: hidden width of the projection head.
+        projection_dim: output dimension of the projection head.
+        init_std: standard deviation of the N(0, std) initialisation of conv/linear weights (CycleGAN: 0.02);
+            ``None`` keeps the PyTorch defaults.
+        act: activation of ``BasicUNet``.
+        norm: normalisation of ``BasicUNet``.
+        upsample: upsampling mode of ``BasicUNet``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        features: Sequence[int] = (32, 32, 64, 128, 256, 32),
+        shared_blocks: Sequence[str] = ("down_4", "upcat_4"),
+        projection_hidden: int = 256,
+        projection_dim: int = 128,
+        init_std: float | None = 0.02,
+        act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
+        norm: str | tuple = ("instance", {"affine": True}),
+        upsample: str = "deconv",
+    ) -> None:
+        super().__init__()
+        if len(features) != 6:
+            raise ValueError(f"features must have 6 entries (BasicUNet), got {list(features)}.")
+        self.network_args: dict[str, Any] = {
+            "spatial_dims": int(spatial_dims),
+            "in_channels": int(in_channels),
+            "out_channels": int(out_channels),
+            "features": [int(f) for f in features],
+            "act": act,
+            "norm": norm,
+            "upsample": upsample,
+        }
+        self.shared_blocks = list(shared_blocks)
+        unets = [BasicUNet(**self.network_args) for _ in range(2)]
+        self.head = ProjectionHead(int(features[4]), projection_hidden, projection_dim)
+        if init_std is not None:
+            for module in [*unets, self.head]:
+                module.apply(lambda m: normal_init(m, std=init_std))
+        share_blocks(unets[0], unets[1], self.shared_blocks)
+        self.g_ab = TranslationGenerator(unets[0])
+        self.g_ba = TranslationGenerator(unets[1])
+
+    def shared_parameter_names(self) -> list[str]:
+        """Names (relative to a ``BasicUNet``) of the tensors that both generators share."""
+        ab = dict(self.g_ab.unet.named_parameters())
+        ba = dict(self.g_ba.unet.named_parameters())
+        return [name for name, p in ab.items() if name in ba and ba[name] is p]
+
+    def export_state(self) -> dict[str, Any]:
+        """The content of ``generators.pt``: plain ``BasicUNet`` state dicts and their constructor arguments."""
+        return {
+            "network": "monai.networks.nets.BasicUNet",
+            "network_args": dict(self.network_args),
+            "shared_blocks": list(self.shared_blocks),
+            "g_ab": {k: v.detach().cpu().clone() for k, v in self.g_ab.unet.state_dict().items()},
+            "g_ba": {k: v.detach().cpu().clone() for k, v in self.g_ba.unet.state_dict().items()},
+        }
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Translate ``a`` to modality B and ``b`` to modality A."""
+        return self.g_ab(a)[0], self.g_ba(b)[0]
+
+
+class ImagePool:
+    """
+    History buffer of generated images (CycleGAN's image pool): once full, each query returns, per image, with
+    probability 0.5 a previously generated image (replacing it by the new one) and otherwise the new image.
+    The discriminators thereby see a history of fakes, which stabilises GAN training.
+
+    Args:
+        pool_size: number of stored images; 0 disables the pool (queries return their input).
+    """
+
+    def __init__(self, pool_size: int = 50) -> None:
+        if pool_size < 0:
+            raise ValueError(f"pool_size must be >= 0, got {pool_size}.")
+        self.pool_size = int(pool_size)
+        self.images: list[torch.Tensor] = []
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        """Return a batch of the same shape drawn from the new ``images`` and the history (detached)."""
+        images = images.detach()
+        if self.pool_size == 0:
+            return images
+        out = []
+        for image in images:
+            image = image.unsqueeze(0)
+            if len(self.images) < self.pool_size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif torch.rand(1).item() > 0.5:
+                idx = int(torch.randint(0, self.pool_size, (1,)).item())
+                out.append(self.images[idx].to(images.device).clone())
+                self.images[idx] = image.clone()
+            else:
+                out.append(image)
+        return torch.cat(out, dim=0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable state (the stored images, on CPU)."""
+        return {"pool_size": self.pool_size, "images": [img.cpu() for img in self.images]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the stored images (moved to the device of the next query's inputs when used)."""
+        self.pool_size = int(state["pool_size"])
+        self.images = list(state["images"])
