@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,10 +17,11 @@ __all__ = [
     "as_image_size",
     "as_modality_pair",
     "check_checkpoint_dir",
+    "check_or_exit",
     "load_datalist",
+    "resolve_path",
     "subject_id",
     "train_val_split",
-    "resolve_path",
 ]
 
 #: smallest slice side: the 70x70 PatchGAN and the 4-level U-Net need at least this much
@@ -93,7 +94,7 @@ def load_datalist(
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
     if not isinstance(content, dict) or not isinstance(content.get("training"), list):
-        raise ValueError(f"{path}: a datalist needs a 'training' list of records.")
+        raise ValueError(f"{path}: a datalist needs a 'training' list of records.")  # noqa: TRY004 (a data error)
     problems: list[str] = []
     out: dict[str, list[dict[str, Any]]] = {}
     for section in sections:
@@ -137,7 +138,7 @@ def train_val_split(
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
     subjects = sorted({r["subject"] for r in datalist["training"]})
-    n_val = 0 if val_fraction == 0 else max(int(min_val), int(round(val_fraction * len(subjects))))
+    n_val = 0 if val_fraction == 0 else max(int(min_val), round(val_fraction * len(subjects)))
     if len(subjects) - n_val < 1:
         raise ValueError(f"{len(subjects)} training subject(s) are too few for a validation split of {n_val}.")
     order = np.random.default_rng(seed).permutation(len(subjects))
@@ -183,3 +184,16 @@ def check_checkpoint_dir(ckpt_dir: str | os.PathLike, overwrite: bool = False, r
             f"{ckpt_dir} already holds checkpoints of an earlier run ({', '.join(found[:3])}"
             f"{', ...' if len(found) > 3 else ''}). Choose another --ckpt_dir, or pass --overwrite True to replace them."
         )
+
+
+def check_or_exit(check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """
+    Run a check from a config's ``initialize`` and turn a data or settings error into ``SystemExit`` with the
+    message alone: ``python -m monai.bundle run`` then stops with that message and a non-zero status, without a
+    traceback and before anything is written (config expressions re-raise ``Exception`` wrapped, not
+    ``SystemExit``).
+    """
+    try:
+        return check(*args, **kwargs)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        raise SystemExit(f"ERROR: {e}") from None

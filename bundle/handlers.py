@@ -21,9 +21,12 @@ from PIL import Image
 from .networks import MultiConDoSGenerators
 
 __all__ = [
-    "atomic_torch_save",
     "EngineCheckpointSaver",
-    "GeneratorExportHandler", "TranslationPreviewHandler", "ValidationHistoryHandler"]
+    "GeneratorExportHandler",
+    "TranslationPreviewHandler",
+    "ValidationHistoryHandler",
+    "atomic_torch_save",
+]
 
 logger = logging.getLogger(__name__)
 

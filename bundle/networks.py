@@ -15,10 +15,10 @@ from torch import nn
 
 __all__ = [
     "BASIC_UNET_BLOCKS",
-    "TranslationGenerator",
-    "ProjectionHead",
-    "MultiConDoSGenerators",
     "ImagePool",
+    "MultiConDoSGenerators",
+    "ProjectionHead",
+    "TranslationGenerator",
     "share_blocks",
 ]
 

@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 
 from .networks import ImagePool, MultiConDoSGenerators
 
-__all__ = ["MultiConDoSTrainer", "TranslationEvaluator", "linear_decay_lambda", "LOSS_TERMS"]
+__all__ = ["LOSS_TERMS", "MultiConDoSTrainer", "TranslationEvaluator", "linear_decay_lambda"]
 
 #: the loss terms logged by name for every iteration
 LOSS_TERMS: tuple[str, ...] = (
@@ -217,8 +217,7 @@ class MultiConDoSTrainer(Trainer):
         self.g_scaler.step(self.g_optimizer)
         self.g_scaler.update()
 
-        losses = {name: float("nan") for name in LOSS_TERMS}
-        losses.update({name: value.item() for name, value in terms.items()})
+        losses = {name: value.item() for name, value in terms.items()}
         losses["g_total"] = g_total.item()  # type: ignore[union-attr]
 
         # discriminator step on pooled, detached fakes
@@ -235,7 +234,7 @@ class MultiConDoSTrainer(Trainer):
             self.d_scaler.step(self.d_optimizer)
             self.d_scaler.update()
             losses["d_a"], losses["d_b"] = loss_d_a.item(), loss_d_b.item()
-        losses = {name: value for name, value in losses.items() if value == value}  # drop switched-off terms
+        losses = {name: losses[name] for name in LOSS_TERMS if name in losses}  # switched-off terms are absent
 
         return {
             "loss": losses["g_total"],

@@ -5,7 +5,7 @@ slices (the fixed validation slices)."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -74,7 +74,7 @@ class ForegroundSlicesd(MapTransform):
         else:
             candidates = np.nonzero(area >= self.min_fraction * area.max())[0]
         picks = np.linspace(0, len(candidates) - 1, num=min(self.num_slices, len(candidates)))
-        return [int(candidates[int(round(p))]) for p in picks]
+        return [int(candidates[round(p)]) for p in picks]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
         d = dict(data)
