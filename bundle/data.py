@@ -19,6 +19,8 @@ __all__ = [
     "check_checkpoint_dir",
     "check_or_exit",
     "load_datalist",
+    "require_file",
+    "require_records",
     "resolve_path",
     "subject_id",
     "train_val_split",
@@ -197,3 +199,22 @@ def check_or_exit(check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return check(*args, **kwargs)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         raise SystemExit(f"ERROR: {e}") from None
+
+
+def require_file(path: str | os.PathLike, hint: str = "") -> str:
+    """
+    Raises:
+        FileNotFoundError: naming ``path`` (and the ``hint`` on how to make it) when it is not a file.
+    """
+    if not os.path.isfile(os.fspath(path)):
+        raise FileNotFoundError(f"{os.path.abspath(path)} not found" + (f": {hint}" if hint else "."))
+    return os.fspath(path)
+
+
+def require_records(records: Sequence[Any], section: str, data_list_file_path: str | os.PathLike) -> None:
+    """
+    Raises:
+        ValueError: when the datalist has no ``section`` records.
+    """
+    if not records:
+        raise ValueError(f"{data_list_file_path}: no '{section}' records to run on.")

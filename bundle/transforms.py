@@ -1,7 +1,7 @@
 # Copyright (c) multi-condos contributors
 # Licensed under the Apache License, Version 2.0
-"""Dictionary transforms MONAI lacks: a multimodal foreground mask and a deterministic choice of foreground
-slices (the fixed validation slices)."""
+"""Dictionary transforms MONAI lacks: a multimodal foreground mask, a deterministic choice of foreground slices
+(the fixed validation slices) and a strict label-value mapping."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["ForegroundMaskd", "ForegroundSlicesd"]
+__all__ = ["ForegroundMaskd", "ForegroundSlicesd", "MapLabelsd"]
 
 
 class ForegroundMaskd(MapTransform):
@@ -87,3 +87,57 @@ class ForegroundSlicesd(MapTransform):
             item["slice_index"] = index
             out.append(item)
         return out
+
+
+class MapLabelsd(MapTransform):
+    """
+    Map dataset label values to class indices with ``label_map`` (``{value: class}``; 0 is background unless
+    mapped otherwise), failing on any value outside the map, e.g. ``{1: 1, 2: 1, 4: 1}`` (BraTS whole tumour).
+    MONAI's ``MapLabelValued`` leaves unknown values unchanged, which would silently corrupt the classes.
+
+    Args:
+        keys: label keys.
+        label_map: dataset value -> class index.
+        num_classes: the number of classes (background included); every class index must be below it.
+
+    Raises:
+        ValueError: at construction for a class index outside ``[0, num_classes)``, and when called on a label
+            holding values not in the map (the message names the file and the values).
+    """
+
+    def __init__(
+        self, keys: KeysCollection, label_map: Mapping[Any, Any], num_classes: int, allow_missing_keys: bool = False
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.label_map = {0: 0, **{int(float(k)): int(v) for k, v in dict(label_map).items()}}
+        bad = {k: v for k, v in self.label_map.items() if not 0 <= v < int(num_classes)}
+        if bad:
+            raise ValueError(f"label_map {dict(label_map)} maps to class indices outside [0, {num_classes}): {bad}.")
+        self.num_classes = int(num_classes)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            values = torch.unique(torch.as_tensor(label))
+            if not torch.equal(values, values.round()):
+                raise ValueError(f"{_source(label, key)}: label has non-integer values {values[:10].tolist()}.")
+            unknown = sorted({int(v) for v in values.tolist()} - set(self.label_map))
+            if unknown:
+                raise ValueError(
+                    f"{_source(label, key)}: label values {unknown} are not in label_map {self.label_map} "
+                    "(set --label_map to cover every value)."
+                )
+            source = torch.as_tensor(label)
+            out = torch.zeros_like(source)  # a MetaTensor keeps its metadata
+            for value, cls in self.label_map.items():
+                if cls:
+                    out[source == value] = cls
+            d[key] = out if isinstance(label, torch.Tensor) else out.cpu().numpy()
+        return d
+
+
+def _source(image: Any, key: Hashable) -> str:
+    """The file an image came from (MONAI metadata), for error messages."""
+    meta = getattr(image, "meta", None) or {}
+    return str(meta.get("filename_or_obj", f"key '{key}'"))

@@ -49,3 +49,63 @@ def pretrain_overrides(tiny_dataset: dict[str, str], tmp_path: Path) -> dict:
 
 def config_path(name: str) -> str:
     return os.path.join(str(ROOT), "configs", name)
+
+
+def run_workflow(config_file, overrides: dict, workflow_type: str | None = None, run_id: str = "run"):
+    """Run a bundle config in-process (initialize, run, finalize) and return the workflow."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=config_file,
+        meta_file=config_path("metadata.json"),
+        logging_file=config_path("logging.conf"),
+        workflow_type=workflow_type,
+        run_id=run_id,
+        **overrides,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+@pytest.fixture(scope="session")
+def tiny_generators(tiny_dataset: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A ``generators.pt`` from a real (1 epoch, 2 iterations) pre-training run on the tiny dataset."""
+    root = tmp_path_factory.mktemp("tiny_pretrain")
+    overrides = {
+        "bundle_root": str(ROOT),
+        **tiny_dataset,
+        "ckpt_dir": str(root / "ckpt"),
+        "output_dir": str(root / "out"),
+        "image_size": 32,
+        "batch_size": 2,
+        "epochs": 1,
+        "epoch_length": 2,
+        "val_fraction": 0.25,
+        "val_slices_per_subject": 1,
+        "image_pool_size": 4,
+        **TINY_NET,
+    }
+    run_workflow(config_path("pretrain.yaml"), overrides, run_id="training")
+    return str(root / "ckpt" / "generators.pt")
+
+
+@pytest.fixture()
+def train_overrides(tiny_dataset: dict[str, str], tiny_generators: str, tmp_path: Path) -> dict:
+    """Overrides of ``configs/train.yaml`` for a 1-epoch fine-tuning on the tiny dataset."""
+    return {
+        "bundle_root": str(ROOT),
+        **tiny_dataset,
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "out"),
+        "pretrained_ckpt": tiny_generators,
+        "default_pretrained_ckpt": str(tmp_path / "no_default" / "generators.pt"),
+        "image_size": 32,
+        "batch_size": 4,
+        "epochs": 1,
+        "val_interval": 1,
+        "val_fraction": 0.25,
+        "samples_per_subject": 2,
+        "features": TINY_NET["features"],
+    }

@@ -1,0 +1,147 @@
+# Copyright (c) multi-condos contributors
+# Licensed under the Apache License, Version 2.0
+"""Checks and input records of segmentation inference (``configs/inference.yaml``): the fine-tuned ``model.pt``,
+the output label values and the volumes to segment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import load_datalist
+from .demo_data import ensure_demo_dataset
+
+__all__ = ["check_model_file", "check_records", "datalist_images", "output_label_values"]
+
+#: ``SaveImaged`` writes the masks as uint8
+_MAX_LABEL_VALUE = 255
+
+
+def check_model_file(path: str | os.PathLike, network: nn.Module | None = None) -> str:
+    """
+    Check the fine-tuned segmentation weights (a state_dict written by ``configs/train.yaml``, or a dict holding one
+    under ``"model"``) before anything is read or written, and that they fit ``network`` (strict) when given.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file cannot be read, or its tensors do not fit ``network``.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: fine-tune first (configs/train.yaml).")
+    if network is None:
+        return path
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot be read as a model state_dict ({type(e).__name__}: {e}).") from e
+    state = content.get("model", content) if isinstance(content, Mapping) else content
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: not a model state_dict (got {type(content).__name__}).")
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = str(e).strip().splitlines()
+        raise ValueError(
+            f"{path} does not fit network_def ({'; '.join(line.strip() for line in detail[1:4])} ...). Pass the "
+            "--features and --num_classes of the fine-tuned network (with a pre-trained generator, its features)."
+        ) from None
+    return path
+
+
+def output_label_values(values: Sequence[int] | None, num_classes: int) -> list[int]:
+    """
+    The value written for each class index ``0 .. num_classes - 1``: ``values`` (e.g. ``[0, 4]``), or the class
+    indices themselves when ``values`` is ``None``.
+
+    Raises:
+        ValueError: ``num_classes`` below 2, or ``values`` not ``num_classes`` integers in ``[0, 255]`` (the masks
+            are written as uint8).
+    """
+    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    n = int(num_classes)
+    if values is None:
+        return list(range(n))
+    if isinstance(values, (str, Mapping)) or not isinstance(values, Sequence):
+        raise ValueError(f"output_label_values must be a list of {n} integers (one per class), got {values!r}.")
+    if len(values) != n:
+        raise ValueError(
+            f"output_label_values {list(values)} has {len(values)} value(s) but num_classes is {n}: give one value "
+            f"per class index 0..{n - 1}, e.g. {list(range(n))}."
+        )
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not float(v).is_integer() or not 0 <= float(v) <= _MAX_LABEL_VALUE:
+            raise ValueError(f"output_label_values must be integers in [0, {_MAX_LABEL_VALUE}], got {list(values)}.")
+        out.append(int(v))
+    return out
+
+
+def datalist_images(
+    data_list_file_path: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    key: str,
+    section: str = "testing",
+    demo_data_list_file_path: str | os.PathLike | None = None,
+) -> list[dict[str, str]]:
+    """
+    ``[{"image": path}]`` for the ``key`` volume of every record of the datalist's ``section`` (absolute paths).
+
+    When ``data_list_file_path`` is ``demo_data_list_file_path``, the demo dataset is generated first if absent.
+
+    Raises:
+        FileNotFoundError: the datalist or a file it names is missing.
+        ValueError: malformed datalist, records without ``key``, or an empty ``section``.
+    """
+    path = os.fspath(data_list_file_path)
+    if demo_data_list_file_path is not None and os.path.abspath(path) == os.path.abspath(demo_data_list_file_path):
+        ensure_demo_dataset(dataset_dir, path)
+    datalist = load_datalist(path, dataset_dir, [key], sections=(section,))
+    records = [{"image": record[key]} for record in datalist[section]]
+    if not records:
+        raise ValueError(
+            f"{path}: no '{section}' records to segment. Choose another --data_section, or give the volumes "
+            "directly: --dataset#data \"[{'image': '/path/to/volume.nii.gz'}]\"."
+        )
+    return records
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path)
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".gz"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return os.path.splitext(name)[0]
+
+
+def check_records(records: Sequence[Mapping[str, Any]], key: str = "image") -> Sequence[Mapping[str, Any]]:
+    """
+    Check the input records (``dataset#data``): a non-empty list of dicts whose ``key`` is an existing file, with
+    distinct file names (the masks are named after them in one folder).
+
+    Raises:
+        ValueError: an empty list, a record without ``key``, or two inputs with the same file name.
+        FileNotFoundError: a missing input file.
+    """
+    if isinstance(records, (str, Mapping)) or not isinstance(records, Sequence) or not records:
+        raise ValueError(f"dataset#data must be a non-empty list of records like [{{'{key}': path}}], got {records!r}.")
+    seen: dict[str, str] = {}
+    for i, record in enumerate(records):
+        if not isinstance(record, Mapping) or key not in record:
+            raise ValueError(f"dataset#data[{i}] must be a dict with an '{key}' entry, got {record!r}.")
+        path = os.fspath(record[key])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"dataset#data[{i}]: input volume not found: {path}")
+        stem = _stem(path)
+        if stem in seen:
+            raise ValueError(
+                f"dataset#data: {seen[stem]} and {path} have the same file name; their masks would overwrite each "
+                "other in output_dir."
+            )
+        seen[stem] = path
+    return records

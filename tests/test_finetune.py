@@ -1,0 +1,197 @@
+"""Fine-tuning: weight transfer, scratch/missing-file rules, label-fraction selection, train/evaluate configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.networks.nets import BasicUNet
+
+from bundle.data import load_datalist
+from bundle.finetune import initialise_network, load_pretrained, select_finetune_records
+from bundle.transforms import MapLabelsd
+from conftest import TINY_NET, config_path, run_workflow
+
+TRAIN = config_path("train.yaml")
+EVALUATE = [config_path("train.yaml"), config_path("evaluate.yaml")]
+
+
+def _seg_net(features=TINY_NET["features"], out_channels=2) -> BasicUNet:
+    return BasicUNet(spatial_dims=2, in_channels=1, out_channels=out_channels, features=features)
+
+
+def test_full_transfer_copies_every_tensor_but_the_output_conv(tiny_generators, tmp_path):
+    state = load_pretrained(tiny_generators, source="g_ab")
+    torch.manual_seed(1)
+    net = _seg_net()
+    fresh_final = net.final_conv.weight.detach().clone()
+    initialise_network(net, state, "full", str(tmp_path))
+    sd = net.state_dict()
+    for key in ("conv_0.conv_0.conv.weight", "down_4.convs.conv_1.conv.weight", "upcat_1.convs.conv_0.conv.weight"):
+        assert torch.equal(sd[key], state["state_dict"][key]), key
+    assert torch.equal(net.final_conv.weight, fresh_final)  # re-initialised output conv (2 classes, not 1)
+    line = (tmp_path / "init.txt").read_text()
+    assert line.startswith(f"init: pretrained ({len(sd) - 2}/{len(sd)} tensors from {tiny_generators}")
+
+
+def test_encoder_transfer_leaves_the_decoder_random(tiny_generators, tmp_path):
+    state = load_pretrained(tiny_generators, source="g_ba")
+    net = _seg_net()
+    decoder_before = net.upcat_2.convs.conv_0.conv.weight.detach().clone()
+    initialise_network(net, state, "encoder", str(tmp_path))
+    assert torch.equal(net.down_2.convs.conv_0.conv.weight, state["state_dict"]["down_2.convs.conv_0.conv.weight"])
+    assert torch.equal(net.upcat_2.convs.conv_0.conv.weight, decoder_before)
+    assert "transfer=encoder" in (tmp_path / "init.txt").read_text()
+
+
+def test_topology_mismatch_fails_clearly(tiny_generators):
+    state = load_pretrained(tiny_generators)
+    with pytest.raises(ValueError, match=r"only \d+/\d+ expected tensors"):
+        initialise_network(_seg_net(features=[16, 16, 32, 32, 64, 16]), state, "full")
+
+
+@pytest.mark.parametrize("value", [None, "none", "None", "scratch", "null"])
+def test_scratch_values(value, tmp_path):
+    assert load_pretrained(value) is None
+    initialise_network(_seg_net(), None, "full", str(tmp_path))
+    assert (tmp_path / "init.txt").read_text() == "init: scratch\n"
+
+
+def test_missing_default_warns_and_missing_explicit_fails(tmp_path, caplog):
+    default = str(tmp_path / "models" / "pretrain" / "generators.pt")
+    with caplog.at_level(logging.WARNING, logger="multi_condos"):
+        assert load_pretrained(default, default) is None
+    assert "FROM SCRATCH" in caplog.text
+    with pytest.raises(FileNotFoundError, match="pretrained_ckpt not found"):
+        load_pretrained(str(tmp_path / "elsewhere.pt"), default)
+    bad = tmp_path / "bad.pt"
+    torch.save({"something": 1}, bad)
+    with pytest.raises(ValueError, match="not a generators file"):
+        load_pretrained(str(bad))
+
+
+def test_label_fractions_are_nested_seeded_subject_level_and_exclude_tests(tiny_dataset):
+    dl = load_datalist(tiny_dataset["data_list_file_path"], tiny_dataset["dataset_dir"], ["t1", "label"])
+    test_subjects = {
+        r["subject"]
+        for r in load_datalist(tiny_dataset["data_list_file_path"], tiny_dataset["dataset_dir"], ["t1"], ["testing"])[
+            "testing"
+        ]
+    }
+    chosen = {}
+    for fraction in (0.05, 0.1, 0.5, 1.0):
+        sel = select_finetune_records(dl, "t1", fraction, 0.25, seed=3)
+        chosen[fraction] = {r["subject"] for r in sel["training"]}
+        val = {r["subject"] for r in sel["validation"]}
+        assert not chosen[fraction] & val and not (chosen[fraction] | val) & test_subjects
+        assert all(set(r) == {"image", "label", "subject"} for r in sel["training"])
+        assert val == {r["subject"] for r in select_finetune_records(dl, "t1", 1.0, 0.25, seed=3)["validation"]}
+    assert len(chosen[0.05]) == 1 and len(chosen[1.0]) == 6
+    assert chosen[0.05] <= chosen[0.1] <= chosen[0.5] <= chosen[1.0]
+    again = select_finetune_records(dl, "t1", 0.5, 0.25, seed=3)
+    assert {r["subject"] for r in again["training"]} == chosen[0.5]
+    with pytest.raises(ValueError, match="label_fraction"):
+        select_finetune_records(dl, "t1", 0.0)
+
+
+def test_label_map_rejects_unknown_values():
+    label = torch.tensor([[[0.0, 1.0], [2.0, 4.0]]])
+    out = MapLabelsd("label", {1: 1, 2: 1, 4: 1}, num_classes=2)({"label": label})["label"]
+    assert out.tolist() == [[[0, 1], [1, 1]]]
+    with pytest.raises(ValueError, match=r"label values \[4\] are not in label_map"):
+        MapLabelsd("label", {1: 1, 2: 1}, num_classes=2)({"label": label})
+    with pytest.raises(ValueError, match="outside"):
+        MapLabelsd("label", {1: 2}, num_classes=2)
+
+
+def test_train_config_finetunes_from_the_generator_and_saves_the_model(train_overrides):
+    wf = run_workflow(TRAIN, {**train_overrides, "label_fraction": 0.5}, workflow_type="train")
+    assert not wf.check_properties()
+    out, models = train_overrides["output_dir"], train_overrides["ckpt_dir"]
+    assert (open(os.path.join(out, "init.txt")).read()).startswith("init: pretrained (")
+    subjects = json.load(open(os.path.join(out, "label_subjects.json")))
+    assert len(subjects["training_subjects"]) == 3 and subjects["label_fraction"] == 0.5
+    assert sorted(os.listdir(models)) == ["model.pt"]  # nothing else at the top level of models/
+    state = torch.load(os.path.join(models, "model.pt"))
+    _seg_net().load_state_dict(state)
+
+
+def test_scratch_from_the_cli_form(train_overrides):
+    wf = run_workflow(TRAIN, {**train_overrides, "pretrained_ckpt": "$None"}, workflow_type="train")
+    assert open(os.path.join(train_overrides["output_dir"], "init.txt")).read() == "init: scratch\n"
+    assert wf.parser.get_parsed_content("init_state") is None
+
+
+def test_missing_explicit_pretrained_file_stops_before_training(train_overrides):
+    wf = ConfigWorkflow(
+        config_file=TRAIN, workflow_type="train", **{**train_overrides, "pretrained_ckpt": "/nonexistent/gen.pt"}
+    )
+    with pytest.raises(SystemExit, match="pretrained_ckpt not found: /nonexistent/gen.pt"):
+        wf.initialize()
+    assert not os.path.exists(train_overrides["ckpt_dir"])
+
+
+def test_monai_label_style_records_still_train(train_overrides, tiny_dataset):
+    dl = load_datalist(tiny_dataset["data_list_file_path"], tiny_dataset["dataset_dir"], ["t1", "label"])
+    plain = [{"image": r["t1"], "label": r["label"]} for r in dl["training"]]
+    overrides = {**train_overrides, "train#dataset#data": plain[:3], "validate#dataset#data": plain[3:4]}
+    wf = run_workflow(TRAIN, overrides, workflow_type="train")
+    assert wf.parser.get_parsed_content("train#trainer").state.iteration >= 1
+    assert os.path.isfile(os.path.join(train_overrides["ckpt_dir"], "model.pt"))
+    assert not os.path.exists(os.path.join(train_overrides["output_dir"], "label_subjects.json"))  # no selection
+
+
+def test_existing_model_is_kept_as_a_backup(train_overrides):
+    os.makedirs(train_overrides["ckpt_dir"])
+    old = os.path.join(train_overrides["ckpt_dir"], "model.pt")
+    torch.save({"old": torch.zeros(1)}, old)
+    run_workflow(TRAIN, train_overrides, workflow_type="train")
+    backups = os.listdir(os.path.join(train_overrides["ckpt_dir"], "previous"))
+    assert len(backups) == 1 and "old" in torch.load(os.path.join(train_overrides["ckpt_dir"], "previous", backups[0]))
+
+
+def test_evaluate_overlay_writes_per_subject_metrics(train_overrides, tmp_path):
+    run_workflow(TRAIN, train_overrides, workflow_type="train")
+    overrides = {**train_overrides, "output_dir": str(tmp_path / "eval")}
+    run_workflow(EVALUATE, overrides)
+    with open(tmp_path / "eval" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["subject"] for r in rows) == ["demo_008", "demo_009"]  # the testing subjects
+    for r in rows:
+        assert 0 <= float(r["dice"]) <= 1 and float(r["label_voxels"]) > 0
+    summary = json.load(open(tmp_path / "eval" / "metrics_summary.json"))
+    assert summary["n_subjects"] == 2
+    for name in ("dice", "iou", "hd95", "sensitivity", "precision"):
+        assert summary[name]["n"] + summary[name]["n_excluded"] == 2
+
+
+def test_evaluation_reports_empty_predictions(tmp_path):
+    from bundle.evaluation import SegmentationReportHandler, summarise
+
+    handler = SegmentationReportHandler(str(tmp_path))
+    label = torch.zeros(2, 8, 8, 4)
+    label[0] = 1
+    label[0, 2:5, 2:5, 1:3], label[1, 2:5, 2:5, 1:3] = 0, 1
+    empty_pred = torch.zeros_like(label)
+    empty_pred[0] = 1
+    perfect = handler.subject_metrics(label.clone(), label)
+    assert perfect["dice"] == pytest.approx(1.0) and perfect["hd95"] == pytest.approx(0.0)
+    empty = handler.subject_metrics(empty_pred, label)
+    assert empty["dice"] == 0.0 and not torch.isfinite(torch.tensor(empty["hd95"]))
+    summary = summarise([{"dice": 1.0, "hd95": 0.0}, {"dice": 0.0, "hd95": empty["hd95"]}], ["dice", "hd95"])
+    assert summary["hd95"] == {"mean": 0.0, "std": 0.0, "n": 1, "n_excluded": 1}
+    assert summary["dice"]["mean"] == 0.5
+    json.dumps(summary, allow_nan=False)
+
+
+def test_train_config_ids_for_monai_label():
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    for key in ("bundle_root", "dataset_dir", "data_list_file_path", "ckpt_dir", "output_dir", "device", "epochs"):
+        assert key in parser.config
+    assert parser["validate"]["handlers"][-1]["key_metric_filename"] == "model.pt"

@@ -1,0 +1,196 @@
+"""Segmentation inference config (configs/inference.yaml): Model Zoo / MONAI Label properties, masks in the input's
+space, label values, direct-forward agreement, user records and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.networks.nets import BasicUNet
+
+from conftest import ROOT, TINY_NET, config_path
+
+FEATURES = TINY_NET["features"]
+
+
+def _network(seed: int = 0) -> BasicUNet:
+    torch.manual_seed(seed)
+    return BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=FEATURES).eval()
+
+
+@pytest.fixture()
+def model(tmp_path: Path) -> BasicUNet:
+    """Random weights saved as ``tmp_path/models/model.pt`` (a plain state_dict, as train.yaml's CheckpointSaver)."""
+    net = _network()
+    os.makedirs(tmp_path / "models")
+    torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
+    return net
+
+
+@pytest.fixture()
+def overrides(tiny_dataset: dict[str, str], tmp_path: Path) -> dict:
+    return {
+        "bundle_root": str(ROOT),
+        **tiny_dataset,
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "out"),
+        "image_size": 32,
+        "features": FEATURES,
+    }
+
+
+def _workflow(overrides: dict) -> ConfigWorkflow:
+    wf = ConfigWorkflow(
+        config_file=config_path("inference.yaml"),
+        meta_file=config_path("metadata.json"),
+        logging_file=config_path("logging.conf"),
+        workflow_type="infer",
+        **overrides,
+    )
+    wf.initialize()
+    return wf
+
+
+def _run(overrides: dict) -> ConfigWorkflow:
+    wf = _workflow(overrides)
+    assert not wf.check_properties()  # no missing required property, no optional one with a wrong id
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+def _testing_inputs(tiny_dataset: dict[str, str], key: str = "t1") -> list[str]:
+    with open(tiny_dataset["data_list_file_path"]) as f:
+        records = json.load(f)["testing"]
+    return [os.path.join(tiny_dataset["dataset_dir"], r[key]) for r in records]
+
+
+def _mask_path(output_dir: str, image: str) -> str:
+    return os.path.join(output_dir, os.path.basename(image).replace(".nii.gz", "_seg.nii.gz"))
+
+
+def _normalise(volume: np.ndarray, clip: float = 5.0) -> np.ndarray:
+    """train.yaml's image path, independently: z-score over non-zero voxels, clip to +-clip, scale to [-1, 1]."""
+    out = volume.astype(np.float64).copy()
+    nonzero = out != 0
+    out[nonzero] = (out[nonzero] - out[nonzero].mean()) / out[nonzero].std()
+    return (np.clip(out, -clip, clip) / clip).astype(np.float32)
+
+
+def _direct_logits(net: BasicUNet, volume: np.ndarray) -> np.ndarray:
+    """``(classes, H, W, D)`` logits of the network on every axial slice of the normalised volume."""
+    slices = torch.from_numpy(np.moveaxis(_normalise(volume), -1, 0)[:, None])  # (D, 1, H, W)
+    with torch.no_grad():
+        logits = net(slices).numpy()  # (D, C, H, W)
+    return np.moveaxis(logits, 0, -1)  # (C, H, W, D)
+
+
+def test_masks_in_input_space_and_equal_to_direct_forward(model, overrides, tiny_dataset):
+    wf = _run(overrides)
+    assert wf.parser.get_parsed_content("input_key") == "t1"
+    inputs = _testing_inputs(tiny_dataset)
+    assert len(inputs) == 2
+    expected = sorted(os.path.basename(_mask_path(overrides["output_dir"], i)) for i in inputs)
+    assert sorted(os.listdir(overrides["output_dir"])) == expected
+    for image in inputs:
+        src, out = nib.load(image), nib.load(_mask_path(overrides["output_dir"], image))
+        assert out.shape == src.shape == (32, 32, 16)
+        np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
+        assert nib.aff2axcodes(out.affine) == nib.aff2axcodes(src.affine)
+        assert out.get_data_dtype() == np.uint8
+        mask = np.asanyarray(out.dataobj)
+        assert set(np.unique(mask).tolist()) <= {0, 1}
+        # with roi = the whole 32x32 slice, SliceInferer is exactly the network on each slice
+        logits = _direct_logits(model, np.asanyarray(src.dataobj))
+        decided = np.abs(logits[1] - logits[0]) > 1e-4  # ignore float ties
+        np.testing.assert_array_equal(mask[decided], logits.argmax(0)[decided])
+        assert decided.mean() > 0.99
+    assert {0, 1} <= set(np.unique(np.asanyarray(nib.load(_mask_path(overrides["output_dir"], inputs[0])).dataobj)))
+
+
+def test_output_label_values_are_written(model, overrides, tiny_dataset, tmp_path):
+    _run(overrides)
+    mapped = {**overrides, "output_dir": str(tmp_path / "mapped"), "output_label_values": [0, 4]}
+    _run(mapped)
+    for image in _testing_inputs(tiny_dataset):
+        classes = np.asanyarray(nib.load(_mask_path(overrides["output_dir"], image)).dataobj)
+        values = np.asanyarray(nib.load(_mask_path(mapped["output_dir"], image)).dataobj)
+        assert set(np.unique(values).tolist()) <= {0, 4}
+        np.testing.assert_array_equal(values, np.where(classes == 1, 4, 0))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [([0, 1, 2], r"has 3 value\(s\) but num_classes is 2"), ([0, 300], r"integers in \[0, 255\]")],
+)
+def test_bad_output_label_values_are_rejected(model, overrides, values, message):
+    with pytest.raises(SystemExit, match=message):
+        _workflow({**overrides, "output_label_values": values})
+    assert not os.path.exists(overrides["output_dir"])
+
+
+def test_source_g_ba_segments_modality_b(model, overrides, tiny_dataset):
+    _run({**overrides, "source": "g_ba"})
+    inputs = _testing_inputs(tiny_dataset, "t2")
+    assert sorted(os.listdir(overrides["output_dir"])) == sorted(
+        os.path.basename(_mask_path(overrides["output_dir"], i)) for i in inputs
+    )
+
+
+def test_user_records_with_a_rotated_flipped_affine_keep_shape_and_affine(model, overrides, tmp_path):
+    rng = np.random.default_rng(0)
+    shape = (40, 36, 10)
+    volume = np.zeros(shape, dtype=np.float32)
+    volume[5:35, 4:32, 1:9] = rng.uniform(100, 1000, size=(30, 28, 8))
+    angle = np.deg2rad(30)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-0.9, 1.1, 2.5])  # rotated, x flipped, anisotropic
+    affine[:3, 3] = [12.5, -30.0, 7.25]
+    image = str(tmp_path / "user_scan_t1.nii.gz")
+    nib.save(nib.Nifti1Image(volume, affine), image)
+    user = {
+        **overrides,
+        "dataset#data": [{"image": image}],
+        "data_list_file_path": str(tmp_path / "no_datalist.json"),  # not needed once dataset#data is given
+    }
+    _run(user)
+    assert os.listdir(overrides["output_dir"]) == ["user_scan_t1_seg.nii.gz"]
+    out = nib.load(_mask_path(overrides["output_dir"], image))
+    assert out.shape == shape
+    np.testing.assert_allclose(out.affine, nib.load(image).affine, atol=1e-5)
+    assert nib.aff2axcodes(out.affine) == nib.aff2axcodes(affine)
+    assert set(np.unique(np.asanyarray(out.dataobj)).tolist()) <= {0, 1}
+
+
+def test_missing_model_stops_first_with_a_clear_message(tmp_path):
+    # a fresh bundle root: no model.pt and no demo dataset; nothing may be generated or written
+    overrides = {"bundle_root": str(tmp_path), "image_size": 32, "features": FEATURES}
+    expected = os.path.join(str(tmp_path), "models", "model.pt")
+    with pytest.raises(SystemExit, match=f"{expected} not found: fine-tune first \\(configs/train.yaml\\)"):
+        _workflow(overrides)
+    assert os.listdir(tmp_path) == []
+
+
+def test_model_not_fitting_the_network_is_rejected(model, overrides):
+    with pytest.raises(SystemExit, match="does not fit network_def"):
+        _workflow({**overrides, "features": [32, 32, 64, 128, 256, 32]})
+    assert not os.path.exists(overrides["output_dir"])
+
+
+def test_monai_label_ids_parse_without_datalist_or_model(tmp_path):
+    """MONAI Label instantiates network_def, preprocessing, inferer and postprocessing alone on {"image": path}."""
+    parser = ConfigParser()
+    parser.read_config(config_path("inference.yaml"))
+    parser.update({"bundle_root": str(tmp_path), "image_size": 32, "features": FEATURES})
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, BasicUNet) and net.final_conv.out_channels == 2
+    for name in ("preprocessing", "inferer", "postprocessing"):
+        assert parser.get_parsed_content(name) is not None
+    assert os.listdir(tmp_path) == []
