@@ -81,7 +81,7 @@ def load_datalist(
     Read a Decathlon-style datalist and return its ``sections`` with absolute paths for ``keys``.
 
     Each returned record keeps the other entries of the datalist record and always has ``subject``.
-    Sections missing from the file are returned as empty lists, except ``training`` which is required.
+    Sections missing from the file are returned as empty lists, except ``training`` when it is asked for.
 
     Raises:
         FileNotFoundError: the datalist or a file it names is missing.
@@ -95,8 +95,8 @@ def load_datalist(
             content = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
-    if not isinstance(content, dict) or not isinstance(content.get("training"), list):
-        raise ValueError(f"{path}: a datalist needs a 'training' list of records.")  # noqa: TRY004 (a data error)
+    if not isinstance(content, dict) or ("training" in sections and not isinstance(content.get("training"), list)):
+        raise ValueError(f"{path}: a datalist needs a 'training' list of records.")
     problems: list[str] = []
     out: dict[str, list[dict[str, Any]]] = {}
     for section in sections:
@@ -120,7 +120,7 @@ def load_datalist(
             out[section].append(item)
     if problems:
         raise ValueError(f"{path}: {len(problems)} problem(s) with the datalist:\n  " + "\n  ".join(problems))
-    if not out.get("training", [None]):
+    if "training" in sections and not out["training"]:
         raise ValueError(f"{path}: the 'training' list is empty.")
     return out
 

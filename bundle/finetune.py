@@ -30,8 +30,8 @@ __all__ = [
     "load_pretrained",
     "network_features",
     "resolve_pretrained",
-    "select_finetune_records",
     "segmentation_records",
+    "select_finetune_records",
 ]
 
 logger = logging.getLogger("multi_condos")
@@ -96,7 +96,9 @@ def load_pretrained(
         raise ValueError(f"{path}: cannot be read as a generators file ({type(e).__name__}: {e}).") from e
     if not isinstance(content, dict) or source not in content or "network_args" not in content:
         keys = sorted(content) if isinstance(content, dict) else type(content).__name__
-        raise ValueError(f"{path}: not a generators file of pre-training (needs 'network_args' and '{source}', has {keys}).")
+        raise ValueError(
+            f"{path}: not a generators file of pre-training (needs 'network_args' and '{source}', has {keys})."
+        )
     return {
         "path": path,
         "source": source,
@@ -119,7 +121,9 @@ def network_features(init_state: dict[str, Any] | None, features: Sequence[int])
         return [int(f) for f in features]
     stored = [int(f) for f in init_state["network_args"]["features"]]
     if stored != [int(f) for f in features]:
-        logger.info(f"segmentation network built with the generator's features {stored} (config features {list(features)})")
+        logger.info(
+            f"segmentation network built with the generator's features {stored} (config features {list(features)})"
+        )
     return stored
 
 

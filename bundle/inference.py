@@ -41,7 +41,7 @@ def check_model_file(path: str | os.PathLike, network: nn.Module | None = None) 
         raise ValueError(f"{path}: cannot be read as a model state_dict ({type(e).__name__}: {e}).") from e
     state = content.get("model", content) if isinstance(content, Mapping) else content
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: not a model state_dict (got {type(content).__name__}).")
+        raise ValueError(f"{path}: not a model state_dict (got {type(content).__name__}).")  # noqa: TRY004 (a data error)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -68,7 +68,9 @@ def output_label_values(values: Sequence[int] | None, num_classes: int) -> list[
     if values is None:
         return list(range(n))
     if isinstance(values, (str, Mapping)) or not isinstance(values, Sequence):
-        raise ValueError(f"output_label_values must be a list of {n} integers (one per class), got {values!r}.")
+        raise ValueError(  # noqa: TRY004 (a settings error, reported by check_or_exit)
+            f"output_label_values must be a list of {n} integers (one per class), got {values!r}."
+        )
     if len(values) != n:
         raise ValueError(
             f"output_label_values {list(values)} has {len(values)} value(s) but num_classes is {n}: give one value "

@@ -104,6 +104,7 @@ def train_overrides(tiny_dataset: dict[str, str], tiny_generators: str, tmp_path
         "image_size": 32,
         "batch_size": 4,
         "epochs": 1,
+        "epoch_length": 2,
         "val_interval": 1,
         "val_fraction": 0.25,
         "samples_per_subject": 2,

@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,8 +114,8 @@ def test_train_config_finetunes_from_the_generator_and_saves_the_model(train_ove
     wf = run_workflow(TRAIN, {**train_overrides, "label_fraction": 0.5}, workflow_type="train")
     assert not wf.check_properties()
     out, models = train_overrides["output_dir"], train_overrides["ckpt_dir"]
-    assert (open(os.path.join(out, "init.txt")).read()).startswith("init: pretrained (")
-    subjects = json.load(open(os.path.join(out, "label_subjects.json")))
+    assert Path(out, "init.txt").read_text().startswith("init: pretrained (")
+    subjects = json.loads(Path(out, "label_subjects.json").read_text())
     assert len(subjects["training_subjects"]) == 3 and subjects["label_fraction"] == 0.5
     assert sorted(os.listdir(models)) == ["model.pt"]  # nothing else at the top level of models/
     state = torch.load(os.path.join(models, "model.pt"))
@@ -123,7 +124,7 @@ def test_train_config_finetunes_from_the_generator_and_saves_the_model(train_ove
 
 def test_scratch_from_the_cli_form(train_overrides):
     wf = run_workflow(TRAIN, {**train_overrides, "pretrained_ckpt": "$None"}, workflow_type="train")
-    assert open(os.path.join(train_overrides["output_dir"], "init.txt")).read() == "init: scratch\n"
+    assert Path(train_overrides["output_dir"], "init.txt").read_text() == "init: scratch\n"
     assert wf.parser.get_parsed_content("init_state") is None
 
 
@@ -164,7 +165,7 @@ def test_evaluate_overlay_writes_per_subject_metrics(train_overrides, tmp_path):
     assert sorted(r["subject"] for r in rows) == ["demo_008", "demo_009"]  # the testing subjects
     for r in rows:
         assert 0 <= float(r["dice"]) <= 1 and float(r["label_voxels"]) > 0
-    summary = json.load(open(tmp_path / "eval" / "metrics_summary.json"))
+    summary = json.loads((tmp_path / "eval" / "metrics_summary.json").read_text())
     assert summary["n_subjects"] == 2
     for name in ("dice", "iou", "hd95", "sensitivity", "precision"):
         assert summary[name]["n"] + summary[name]["n_excluded"] == 2

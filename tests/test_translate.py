@@ -208,14 +208,14 @@ def test_inputs_with_the_same_file_name_are_rejected(overrides, tiny_dataset, tm
         _translate({**overrides, "dataset#data": [{"image": src}, {"image": str(copy)}]})
 
 
-def test_translates_with_the_generators_of_a_real_pretraining(tiny_generators, overrides):
+def test_translates_with_the_generators_of_a_real_pretraining(tiny_generators, overrides, tiny_dataset):
     """generators.pt from configs/pretrain.yaml (conftest's tiny 1-epoch pre-training) drives translation as is."""
     _translate({**overrides, "ckpt_dir": os.path.dirname(tiny_generators)})
     state = torch.load(tiny_generators, weights_only=True)
     assert state["modalities"] == ["t1", "t2"] and state["image_size"] == [32, 32]
-    for name in os.listdir(overrides["output_dir"]):
-        src = os.path.join(overrides["dataset_dir"], name.split("_t1_")[0], name.replace("_synthetic_t2", ""))
-        x, y = _check_output(src, os.path.join(overrides["output_dir"], name))
+    sources = _testing_files(tiny_dataset, "t1")
+    assert len(os.listdir(overrides["output_dir"])) == len(sources)
+    for src in sources:
+        x, y = _check_output(src, os.path.join(overrides["output_dir"], f"{_stem(src)}_synthetic_t2.nii.gz"))
         z = int(np.argmax((x != 0).sum(axis=(0, 1))))
         np.testing.assert_allclose(y[:, :, z], _expected_translation(x, state, "g_ab", z), rtol=1e-4, atol=1e-2)
-    assert len(os.listdir(overrides["output_dir"])) == 2
