@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from .demo_data import ensure_demo_dataset
+
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "MIN_IMAGE_SIZE",
     "as_image_size",
     "as_modality_pair",
     "check_checkpoint_dir",
     "check_or_exit",
+    "check_records",
+    "datalist_images",
+    "file_stem",
     "load_datalist",
     "require_file",
     "require_records",
@@ -25,6 +31,9 @@ __all__ = [
     "subject_id",
     "train_val_split",
 ]
+
+#: image file extensions stripped from file names
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".gz")
 
 #: smallest slice side: the 70x70 PatchGAN and the 4-level U-Net need at least this much
 MIN_IMAGE_SIZE = 32
@@ -60,11 +69,7 @@ def subject_id(record: dict[str, Any], keys: Sequence[str]) -> str:
     """The record's ``subject``, or one derived from the first file name (its stem up to the last ``_``/``-``)."""
     if record.get("subject"):
         return str(record["subject"])
-    name = os.path.basename(str(record[keys[0]]))
-    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".gz"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
+    name = file_stem(str(record[keys[0]]))
     for sep in ("_", "-"):
         if sep in name:
             return name.rsplit(sep, 1)[0]
@@ -218,3 +223,69 @@ def require_records(records: Sequence[Any], section: str, data_list_file_path: s
     """
     if not records:
         raise ValueError(f"{data_list_file_path}: no '{section}' records to run on.")
+
+
+def datalist_images(
+    data_list_file_path: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    key: str,
+    section: str = "testing",
+    demo_data_list_file_path: str | os.PathLike | None = None,
+) -> list[dict[str, str]]:
+    """
+    ``[{"image": path}]`` for the ``key`` volume of every record of the datalist's ``section`` (absolute paths).
+
+    When ``data_list_file_path`` is ``demo_data_list_file_path``, the demo dataset is generated first if absent.
+
+    Raises:
+        FileNotFoundError: the datalist or a file it names is missing.
+        ValueError: malformed datalist, records without ``key``, or an empty ``section``.
+    """
+    path = os.fspath(data_list_file_path)
+    if demo_data_list_file_path is not None and os.path.abspath(path) == os.path.abspath(demo_data_list_file_path):
+        ensure_demo_dataset(dataset_dir, path)
+    datalist = load_datalist(path, dataset_dir, [key], sections=(section,))
+    records = [{"image": record[key]} for record in datalist[section]]
+    if not records:
+        raise ValueError(
+            f"{path}: no '{section}' records to run on. Choose another --data_section, or give the volumes "
+            "directly: --dataset#data \"[{'image': '/path/to/volume.nii.gz'}]\"."
+        )
+    return records
+
+
+def file_stem(path: str) -> str:
+    """The file name without its image extension (``.nii.gz``, ``.nii``, ...)."""
+    name = os.path.basename(path)
+    for ext in IMAGE_EXTENSIONS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return os.path.splitext(name)[0]
+
+
+def check_records(records: Sequence[Mapping[str, Any]], key: str = "image") -> Sequence[Mapping[str, Any]]:
+    """
+    Check the input records of an inference config (``dataset#data``): a non-empty list of dicts whose ``key`` is an
+    existing file, with distinct file names (the outputs are named after them in one folder).
+
+    Raises:
+        ValueError: an empty list, a record without ``key``, or two inputs with the same file name.
+        FileNotFoundError: a missing input file.
+    """
+    if isinstance(records, (str, Mapping)) or not isinstance(records, Sequence) or not records:
+        raise ValueError(f"dataset#data must be a non-empty list of records like [{{'{key}': path}}], got {records!r}.")
+    seen: dict[str, str] = {}
+    for i, record in enumerate(records):
+        if not isinstance(record, Mapping) or key not in record:
+            raise ValueError(f"dataset#data[{i}] must be a dict with an '{key}' entry, got {record!r}.")
+        path = os.fspath(record[key])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"dataset#data[{i}]: input volume not found: {path}")
+        stem = file_stem(path)
+        if stem in seen:
+            raise ValueError(
+                f"dataset#data: {seen[stem]} and {path} have the same file name; their outputs would overwrite "
+                "each other in output_dir."
+            )
+        seen[stem] = path
+    return records

@@ -25,6 +25,7 @@ __all__ = [
     "ENCODER_BLOCKS",
     "SCRATCH_VALUES",
     "backup_existing_file",
+    "check_schedule",
     "initialise_network",
     "input_key",
     "load_pretrained",
@@ -247,3 +248,15 @@ def backup_existing_file(path: str, backup_dir: str | None = None) -> str | None
     shutil.move(path, target)
     logger.warning(f"{path} existed: moved to {target} before training")
     return target
+
+
+def check_schedule(epochs: int, val_interval: int) -> None:
+    """
+    Raises:
+        ValueError: when no validation would run (``val_interval`` > ``epochs``), so no model would be saved.
+    """
+    if int(val_interval) < 1 or int(val_interval) > int(epochs):
+        raise ValueError(
+            f"val_interval={val_interval} with epochs={epochs}: validation (which saves the best model.pt) would never "
+            "run. Use 1 <= val_interval <= epochs."
+        )

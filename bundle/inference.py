@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
-from .data import load_datalist
-from .demo_data import ensure_demo_dataset
-
-__all__ = ["check_model_file", "check_records", "datalist_images", "output_label_values"]
+__all__ = ["check_model_file", "output_label_values"]
 
 #: ``SaveImaged`` writes the masks as uint8
 _MAX_LABEL_VALUE = 255
@@ -82,68 +78,3 @@ def output_label_values(values: Sequence[int] | None, num_classes: int) -> list[
             raise ValueError(f"output_label_values must be integers in [0, {_MAX_LABEL_VALUE}], got {list(values)}.")
         out.append(int(v))
     return out
-
-
-def datalist_images(
-    data_list_file_path: str | os.PathLike,
-    dataset_dir: str | os.PathLike,
-    key: str,
-    section: str = "testing",
-    demo_data_list_file_path: str | os.PathLike | None = None,
-) -> list[dict[str, str]]:
-    """
-    ``[{"image": path}]`` for the ``key`` volume of every record of the datalist's ``section`` (absolute paths).
-
-    When ``data_list_file_path`` is ``demo_data_list_file_path``, the demo dataset is generated first if absent.
-
-    Raises:
-        FileNotFoundError: the datalist or a file it names is missing.
-        ValueError: malformed datalist, records without ``key``, or an empty ``section``.
-    """
-    path = os.fspath(data_list_file_path)
-    if demo_data_list_file_path is not None and os.path.abspath(path) == os.path.abspath(demo_data_list_file_path):
-        ensure_demo_dataset(dataset_dir, path)
-    datalist = load_datalist(path, dataset_dir, [key], sections=(section,))
-    records = [{"image": record[key]} for record in datalist[section]]
-    if not records:
-        raise ValueError(
-            f"{path}: no '{section}' records to segment. Choose another --data_section, or give the volumes "
-            "directly: --dataset#data \"[{'image': '/path/to/volume.nii.gz'}]\"."
-        )
-    return records
-
-
-def _stem(path: str) -> str:
-    name = os.path.basename(path)
-    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".gz"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return os.path.splitext(name)[0]
-
-
-def check_records(records: Sequence[Mapping[str, Any]], key: str = "image") -> Sequence[Mapping[str, Any]]:
-    """
-    Check the input records (``dataset#data``): a non-empty list of dicts whose ``key`` is an existing file, with
-    distinct file names (the masks are named after them in one folder).
-
-    Raises:
-        ValueError: an empty list, a record without ``key``, or two inputs with the same file name.
-        FileNotFoundError: a missing input file.
-    """
-    if isinstance(records, (str, Mapping)) or not isinstance(records, Sequence) or not records:
-        raise ValueError(f"dataset#data must be a non-empty list of records like [{{'{key}': path}}], got {records!r}.")
-    seen: dict[str, str] = {}
-    for i, record in enumerate(records):
-        if not isinstance(record, Mapping) or key not in record:
-            raise ValueError(f"dataset#data[{i}] must be a dict with an '{key}' entry, got {record!r}.")
-        path = os.fspath(record[key])
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"dataset#data[{i}]: input volume not found: {path}")
-        stem = _stem(path)
-        if stem in seen:
-            raise ValueError(
-                f"dataset#data: {seen[stem]} and {path} have the same file name; their masks would overwrite each "
-                "other in output_dir."
-            )
-        seen[stem] = path
-    return records

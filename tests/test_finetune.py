@@ -137,6 +137,12 @@ def test_missing_explicit_pretrained_file_stops_before_training(train_overrides)
     assert not os.path.exists(train_overrides["ckpt_dir"])
 
 
+def test_a_schedule_without_validation_is_rejected(train_overrides):
+    wf = ConfigWorkflow(config_file=TRAIN, workflow_type="train", **{**train_overrides, "val_interval": 2})
+    with pytest.raises(SystemExit, match="validation .* would never run"):
+        wf.initialize()
+
+
 def test_monai_label_style_records_still_train(train_overrides, tiny_dataset):
     dl = load_datalist(tiny_dataset["data_list_file_path"], tiny_dataset["dataset_dir"], ["t1", "label"])
     plain = [{"image": r["t1"], "label": r["label"]} for r in dl["training"]]
