@@ -5,12 +5,10 @@ segmentation ``BasicUNet``, and the seeded, nested, subject-level label-fraction
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +22,6 @@ from .data import train_val_split
 __all__ = [
     "ENCODER_BLOCKS",
     "SCRATCH_VALUES",
-    "backup_existing_file",
     "check_schedule",
     "initialise_network",
     "input_key",
@@ -33,6 +30,7 @@ __all__ = [
     "resolve_pretrained",
     "segmentation_records",
     "select_finetune_records",
+    "write_selection",
 ]
 
 logger = logging.getLogger("multi_condos")
@@ -233,23 +231,6 @@ def select_finetune_records(
     return result
 
 
-def backup_existing_file(path: str, backup_dir: str | None = None) -> str | None:
-    """
-    Move an existing ``path`` (e.g. ``models/model.pt`` of an earlier run) to ``backup_dir`` with a time stamp,
-    so that a new run never silently replaces it; returns the backup path (``None`` if nothing existed).
-    """
-    if not os.path.isfile(path):
-        return None
-    backup_dir = backup_dir or os.path.join(os.path.dirname(os.path.abspath(path)), "previous")
-    os.makedirs(backup_dir, exist_ok=True)
-    stem, ext = os.path.splitext(os.path.basename(path))
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    target = os.path.join(backup_dir, f"{stem}_{stamp}{ext}")
-    shutil.move(path, target)
-    logger.warning(f"{path} existed: moved to {target} before training")
-    return target
-
-
 def check_schedule(epochs: int, val_interval: int) -> None:
     """
     Raises:
@@ -260,3 +241,32 @@ def check_schedule(epochs: int, val_interval: int) -> None:
             f"val_interval={val_interval} with epochs={epochs}: validation (which saves the best model.pt) would never "
             "run. Use 1 <= val_interval <= epochs."
         )
+
+
+def write_selection(
+    training: Sequence[dict[str, Any]],
+    validation: Sequence[dict[str, Any]],
+    output_dir: str,
+    label_fraction: float | None = None,
+    seed: int | None = None,
+) -> str:
+    """
+    Write the subjects a fine-tuning run uses (from the records it actually uses, ours or MONAI Label's) to
+    ``output_dir/label_subjects.json``; returns the path.
+    """
+    from .data import subject_id
+
+    def ids(records: Sequence[dict[str, Any]]) -> list[str]:
+        return sorted({subject_id(dict(r), ["image"]) for r in records})
+
+    summary = {
+        "label_fraction": None if label_fraction is None else float(label_fraction),
+        "seed": None if seed is None else int(seed),
+        "training_subjects": ids(training),
+        "validation_subjects": ids(validation),
+    }
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "label_subjects.json")
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2)
+    return path

@@ -8,24 +8,34 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
+import random
+import re
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
 from PIL import Image
 
 from .networks import MultiConDoSGenerators
 
 __all__ = [
+    "DivergenceGuard",
     "EngineCheckpointSaver",
     "GeneratorExportHandler",
+    "RNGState",
+    "ResumeFromCheckpoint",
     "TranslationPreviewHandler",
     "ValidationHistoryHandler",
     "atomic_torch_save",
+    "check_finite",
+    "engine_state_objects",
+    "latest_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,19 +99,167 @@ class GeneratorExportHandler:
 
 class EngineCheckpointSaver(CheckpointSaver):
     """
-    MONAI ``CheckpointSaver`` that also stores the engine it is attached to under ``engine_key`` (epoch and
-    iteration, for resuming). A config cannot list the trainer in the ``save_dict`` of one of the trainer's own
-    handlers (circular reference), so the engine is added when the handler is attached.
+    MONAI ``CheckpointSaver`` for full-state, resumable checkpoints:
+
+    - unless ``engine_key`` is None (e.g. for a plain ``model.pt``), it also stores the engine it is attached to under
+      ``engine_key`` (epoch and iteration), the engine attributes
+      named in ``engine_attrs`` (e.g. the image pools) and the RNG states of torch, numpy and python. A config cannot
+      list the trainer in the ``save_dict`` of one of the trainer's own handlers (circular reference), so they are
+      added when the handler is attached;
+    - it writes atomically (temporary file in the same folder, then ``os.replace``): MONAI 1.6.1 passes
+      ``atomic=False`` to ignite's ``DiskSaver``, so a kill during a save could leave a truncated file;
+    - it does not save when the run fails (MONAI saves the "final" checkpoint on any exception): a crashed or
+      diverged state is not a complete checkpoint, and the last interval checkpoint must stay the latest.
     """
 
-    def __init__(self, *args: Any, engine_key: str = "trainer", **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, engine_key: str | None = "trainer", engine_attrs: Sequence[str] = (), **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.engine_key = engine_key
+        self.engine_attrs = list(engine_attrs)
+        for name in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
+            checkpoint = getattr(self, name, None)
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True  # see the class docstring
 
     def attach(self, engine: Engine) -> None:
-        # the ignite ``Checkpoint`` objects hold this very dict, so the engine is saved from now on
-        self.save_dict[self.engine_key] = engine
+        # the ignite ``Checkpoint`` objects hold this very dict, so these are saved from now on
+        if self.engine_key is not None:
+            self.save_dict.update(engine_state_objects(engine, self.engine_key, self.engine_attrs))
         super().attach(engine)
+
+    def exception_raised(self, engine: Engine, e: Exception) -> None:
+        raise e
+
+
+class RNGState:
+    """The global RNG states of torch, numpy and python ``random`` as a checkpointable object (tensors only, so that
+    ``torch.load(weights_only=True)`` reads it). The private RNGs of MONAI random transforms are not included."""
+
+    def state_dict(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        py_state = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy_keys": torch.as_tensor(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2]),
+            "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+            "python": torch.as_tensor(py_state[1], dtype=torch.int64),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        keys = state["numpy_keys"].numpy().astype(np.uint32)
+        has_gauss, gauss = state["numpy_gauss"]
+        np.random.set_state(("MT19937", keys, int(state["numpy_pos"]), int(has_gauss), float(gauss)))
+        random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
+
+
+def engine_state_objects(engine: Engine, engine_key: str, engine_attrs: Sequence[str]) -> dict[str, Any]:
+    """The engine, its named attributes and the RNG states, keyed as in a full-state checkpoint."""
+    objects: dict[str, Any] = {engine_key: engine, "rng_state": RNGState()}
+    objects.update({name: getattr(engine, name) for name in engine_attrs})
+    return objects
+
+
+_CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(epoch=(\d+)|final)\.pt$")
+
+
+def latest_checkpoint(checkpoint_dir: str, engine_key: str = "trainer") -> str | None:
+    """
+    The complete full-state checkpoint of ``checkpoint_dir`` with the highest iteration count: files named
+    ``checkpoint_epoch=N.pt`` / ``checkpoint_final.pt``; a file that cannot be read (truncated by a kill) is skipped
+    with a warning. ``None`` when there is none.
+    """
+    if not os.path.isdir(checkpoint_dir):
+        return None
+    best: tuple[int, str] | None = None
+    for name in sorted(os.listdir(checkpoint_dir)):
+        if not _CHECKPOINT_PATTERN.match(name):
+            continue
+        path = os.path.join(checkpoint_dir, name)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            iteration = int(state[engine_key]["iteration"])
+        except Exception as e:  # noqa: BLE001 (truncated or foreign files are skipped, never fatal)
+            logger.warning(f"skipping unreadable checkpoint {path} ({type(e).__name__}: {e})")
+            continue
+        if best is None or iteration > best[0]:
+            best = (iteration, path)
+    return None if best is None else best[1]
+
+
+class ResumeFromCheckpoint:
+    """
+    With ``enabled``, load the latest complete checkpoint of ``checkpoint_dir`` (see ``latest_checkpoint``) when the
+    engine starts: networks, optimizers, LR schedulers, the engine's epoch/iteration, ``engine_attrs`` and the RNG
+    states, with MONAI ``CheckpointLoader``. Training then continues from that epoch.
+
+    Raises:
+        FileNotFoundError: when enabled and there is no complete checkpoint.
+    """
+
+    def __init__(
+        self,
+        checkpoint_dir: str,
+        load_dict: dict[str, Any],
+        enabled: bool = True,
+        engine_key: str = "trainer",
+        engine_attrs: Sequence[str] = (),
+        map_location: Any = None,
+    ) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self.load_dict = dict(load_dict)
+        self.enabled = bool(enabled)
+        self.engine_key = engine_key
+        self.engine_attrs = list(engine_attrs)
+        self.map_location = map_location
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        path = latest_checkpoint(self.checkpoint_dir, self.engine_key)
+        if path is None:
+            raise FileNotFoundError(f"--resume True, but {self.checkpoint_dir} holds no complete checkpoint.")
+        load_dict = {**self.load_dict, **engine_state_objects(engine, self.engine_key, self.engine_attrs)}
+        CheckpointLoader(load_path=path, load_dict=load_dict, map_location=self.map_location).attach(engine)
+        logger.info(f"resuming from {path}")
+
+
+class DivergenceGuard:
+    """
+    Stop training when a loss becomes NaN/inf, naming the term, the epoch and the iteration. Checkpoints are not
+    written on failure (``EngineCheckpointSaver``), so the last good one stays the latest; resume from it with a lower
+    learning rate.
+
+    Args:
+        output_transform: engine output -> a loss value or a dict of named loss values.
+    """
+
+    def __init__(self, output_transform: Any = lambda x: x["loss"]) -> None:
+        self.output_transform = output_transform
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        check_finite(self.output_transform(engine.state.output), engine.state.epoch, engine.state.iteration)
+
+
+def check_finite(losses: Any, epoch: int, iteration: int) -> None:
+    """
+    Raises:
+        FloatingPointError: when a loss (a value, or a dict of named values) is NaN/inf, naming it.
+    """
+    named = losses if isinstance(losses, dict) else {"loss": losses}
+    bad = [name for name, value in named.items() if not math.isfinite(float(value))]
+    if bad:
+        raise FloatingPointError(
+            f"training diverged: loss term(s) {bad} became NaN/inf at epoch {epoch}, iteration {iteration}. "
+            "The last complete checkpoint is kept; resume from it (--resume True) with a lower learning_rate, "
+            "or check the data."
+        )
 
 
 def _to_uint8(image: np.ndarray, low: float = -1.0, high: float = 1.0) -> np.ndarray:

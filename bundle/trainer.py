@@ -15,6 +15,7 @@ from monai.utils import ForwardMode
 from torch import nn
 from torch.optim import Optimizer
 
+from .handlers import check_finite
 from .networks import ImagePool, MultiConDoSGenerators
 
 __all__ = ["LOSS_TERMS", "MultiConDoSTrainer", "TranslationEvaluator", "linear_decay_lambda"]
@@ -145,6 +146,9 @@ class MultiConDoSTrainer(Trainer):
                 "the training data loader yields no batch: fewer training subjects than batch_size "
                 "(one slice per subject per batch, drop_last=True). Lower batch_size or add subjects."
             )
+        # before Trainer.__init__, which attaches the handlers: checkpoint handlers save and restore the pools
+        self.pool_a = ImagePool(image_pool_size)
+        self.pool_b = ImagePool(image_pool_size)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -164,8 +168,6 @@ class MultiConDoSTrainer(Trainer):
         self.contrastive_loss = contrastive_loss
         self.keys = list(keys)
         self.weights = weights
-        self.pool_a = ImagePool(image_pool_size)
-        self.pool_b = ImagePool(image_pool_size)
         use_scaler = bool(amp) and torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported()
         self.g_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.d_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -213,12 +215,12 @@ class MultiConDoSTrainer(Trainer):
         with _autocast(device, self.amp):
             terms, images = self._generator_losses(a, b)
             g_total = sum(self.weights[name] * value for name, value in terms.items())
+        losses = {name: value.item() for name, value in terms.items()}
+        losses["g_total"] = g_total.item()  # type: ignore[union-attr]
+        check_finite(losses, engine.state.epoch, engine.state.iteration)  # before any weight changes
         self.g_scaler.scale(g_total).backward()  # type: ignore[union-attr]
         self.g_scaler.step(self.g_optimizer)
         self.g_scaler.update()
-
-        losses = {name: value.item() for name, value in terms.items()}
-        losses["g_total"] = g_total.item()  # type: ignore[union-attr]
 
         # discriminator step on pooled, detached fakes
         if self.weights["adversarial"] > 0:
@@ -230,10 +232,11 @@ class MultiConDoSTrainer(Trainer):
             with _autocast(device, self.amp):
                 loss_d_b = self._discriminator_loss(b, fake_b, self.discriminators.d_b)
                 loss_d_a = self._discriminator_loss(a, fake_a, self.discriminators.d_a)
+            losses["d_a"], losses["d_b"] = loss_d_a.item(), loss_d_b.item()
+            check_finite({"d_a": losses["d_a"], "d_b": losses["d_b"]}, engine.state.epoch, engine.state.iteration)
             self.d_scaler.scale(loss_d_a + loss_d_b).backward()
             self.d_scaler.step(self.d_optimizer)
             self.d_scaler.update()
-            losses["d_a"], losses["d_b"] = loss_d_a.item(), loss_d_b.item()
         losses = {name: losses[name] for name in LOSS_TERMS if name in losses}  # switched-off terms are absent
 
         return {

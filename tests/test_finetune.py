@@ -117,7 +117,8 @@ def test_train_config_finetunes_from_the_generator_and_saves_the_model(train_ove
     assert Path(out, "init.txt").read_text().startswith("init: pretrained (")
     subjects = json.loads(Path(out, "label_subjects.json").read_text())
     assert len(subjects["training_subjects"]) == 3 and subjects["label_fraction"] == 0.5
-    assert sorted(os.listdir(models)) == ["model.pt"]  # nothing else at the top level of models/
+    assert [f for f in os.listdir(models) if f.endswith(".pt")] == ["model.pt"]  # the only top-level models/*.pt
+    assert os.path.isfile(os.path.join(models, "checkpoints", "checkpoint_final.pt"))  # resume state, in a sub-folder
     state = torch.load(os.path.join(models, "model.pt"))
     _seg_net().load_state_dict(state)
 
@@ -150,7 +151,8 @@ def test_monai_label_style_records_still_train(train_overrides, tiny_dataset):
     wf = run_workflow(TRAIN, overrides, workflow_type="train")
     assert wf.parser.get_parsed_content("train#trainer").state.iteration >= 1
     assert os.path.isfile(os.path.join(train_overrides["ckpt_dir"], "model.pt"))
-    assert not os.path.exists(os.path.join(train_overrides["output_dir"], "label_subjects.json"))  # no selection
+    used = json.loads(Path(train_overrides["output_dir"], "label_subjects.json").read_text())
+    assert used["training_subjects"] == ["demo_000", "demo_001", "demo_002"]  # the records used, named by file
 
 
 def test_existing_model_is_kept_as_a_backup(train_overrides):
@@ -158,8 +160,9 @@ def test_existing_model_is_kept_as_a_backup(train_overrides):
     old = os.path.join(train_overrides["ckpt_dir"], "model.pt")
     torch.save({"old": torch.zeros(1)}, old)
     run_workflow(TRAIN, train_overrides, workflow_type="train")
-    backups = os.listdir(os.path.join(train_overrides["ckpt_dir"], "previous"))
-    assert len(backups) == 1 and "old" in torch.load(os.path.join(train_overrides["ckpt_dir"], "previous", backups[0]))
+    (stamp,) = os.listdir(os.path.join(train_overrides["ckpt_dir"], "previous"))
+    backup = torch.load(os.path.join(train_overrides["ckpt_dir"], "previous", stamp, "model.pt"))
+    assert "old" in backup and "old" not in torch.load(old)  # kept aside, then rewritten in place
 
 
 def test_evaluate_overlay_writes_per_subject_metrics(train_overrides, tmp_path):

@@ -1,0 +1,137 @@
+# Copyright (c) multi-condos contributors
+# Licensed under the Apache License, Version 2.0
+"""Run folders: the settings fingerprint (``run_config.json``), refusing to overwrite an earlier run's outputs,
+moving them aside when asked to, and the checks of ``--resume``."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .handlers import latest_checkpoint
+
+__all__ = ["RUN_CONFIG", "check_run_dir", "fingerprint", "previous_outputs", "start_run"]
+
+logger = logging.getLogger("multi_condos")
+
+RUN_CONFIG = "run_config.json"
+
+
+def _jsonable(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(settings), sort_keys=True, default=str))
+
+
+def fingerprint(settings: Mapping[str, Any]) -> str:
+    """SHA-256 of the settings (JSON with sorted keys)."""
+    return hashlib.sha256(json.dumps(_jsonable(settings), sort_keys=True).encode()).hexdigest()
+
+
+def previous_outputs(ckpt_dir: str, outputs: Sequence[str], checkpoint_subdir: str = "checkpoints") -> list[str]:
+    """Files of an earlier run in ``ckpt_dir``: the named ``outputs`` and ``checkpoint_subdir/*.pt``."""
+    found = [os.path.join(ckpt_dir, name) for name in outputs if os.path.isfile(os.path.join(ckpt_dir, name))]
+    sub = os.path.join(ckpt_dir, checkpoint_subdir)
+    if os.path.isdir(sub):
+        found += sorted(os.path.join(sub, f) for f in os.listdir(sub) if f.endswith(".pt"))
+    return found
+
+
+def _saved_settings(ckpt_dir: str) -> dict[str, Any] | None:
+    path = os.path.join(ckpt_dir, RUN_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("settings")
+
+
+def check_run_dir(
+    ckpt_dir: str,
+    settings: Mapping[str, Any],
+    overwrite: bool = False,
+    resume: bool = False,
+    outputs: Sequence[str] = ("generators.pt",),
+    resume_may_change: Sequence[str] = ("epochs",),
+) -> None:
+    """
+    Read-only check before a run (nothing is written, so it can run in ``initialize``).
+
+    Raises:
+        FileExistsError: a fresh run (``resume`` False) would replace an earlier run's outputs and ``overwrite`` is
+            False.
+        FileNotFoundError: ``resume`` but no complete checkpoint in ``ckpt_dir/checkpoints``.
+        ValueError: ``resume`` with settings that differ from the recorded run (except ``resume_may_change``) and
+            ``overwrite`` False.
+    """
+    ckpt_dir = os.fspath(ckpt_dir)
+    if resume:
+        if latest_checkpoint(os.path.join(ckpt_dir, "checkpoints")) is None:
+            raise FileNotFoundError(f"--resume True, but {ckpt_dir}/checkpoints holds no complete checkpoint.")
+        saved, now = _saved_settings(ckpt_dir), _jsonable(settings)
+        if saved is not None and not overwrite:
+            changed = sorted(
+                k for k in set(saved) | set(now) if k not in resume_may_change and saved.get(k) != now.get(k)
+            )
+            if changed:
+                diff = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+                raise ValueError(
+                    f"--resume: the settings differ from the run recorded in {ckpt_dir}/{RUN_CONFIG} ({diff}). "
+                    "Resume with the same settings, or pass --overwrite True to resume anyway."
+                )
+        return
+    found = previous_outputs(ckpt_dir, outputs)
+    if found and not overwrite:
+        listed = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise FileExistsError(
+            f"{ckpt_dir} already holds checkpoints of an earlier run ({listed}). Continue it with --resume True, "
+            "choose another --ckpt_dir, or pass --overwrite True (the earlier files are moved to "
+            f"{ckpt_dir}/previous/)."
+        )
+
+
+def start_run(
+    ckpt_dir: str,
+    output_dir: str,
+    settings: Mapping[str, Any],
+    overwrite: bool = False,
+    resume: bool = False,
+    outputs: Sequence[str] = ("generators.pt",),
+    copy_outputs: bool = False,
+) -> str:
+    """
+    Start a run (in ``run``, after the checks): for a fresh run, move an earlier run's outputs (allowed by
+    ``overwrite``) to ``ckpt_dir/previous/<time stamp>/`` (``copy_outputs``: the named ``outputs`` are copied there and
+    stay in place, e.g. a ``model.pt`` that MONAI Label loads to continue training); then write ``run_config.json``
+    (settings and their fingerprint) to ``ckpt_dir`` and ``output_dir``. Returns the fingerprint.
+    """
+    ckpt_dir, output_dir = os.fspath(ckpt_dir), os.fspath(output_dir)
+    found = [] if resume else previous_outputs(ckpt_dir, outputs)
+    if found:
+        if not overwrite:
+            raise FileExistsError(f"{ckpt_dir} already holds checkpoints of an earlier run: {found[:3]}")
+        if os.path.isfile(os.path.join(ckpt_dir, RUN_CONFIG)):
+            found.append(os.path.join(ckpt_dir, RUN_CONFIG))
+        target = os.path.join(ckpt_dir, "previous", datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
+        kept = {os.path.join(ckpt_dir, name) for name in outputs} if copy_outputs else set()
+        for path in found:
+            dst = os.path.join(target, os.path.relpath(path, ckpt_dir))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            (shutil.copy2 if path in kept else shutil.move)(path, dst)
+        logger.warning(f"the earlier run's files in {ckpt_dir} were backed up to {target}")
+    record = {
+        "fingerprint": fingerprint(settings),
+        "settings": _jsonable(settings),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "resumed": bool(resume),
+    }
+    for folder in dict.fromkeys([ckpt_dir, output_dir]):
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{RUN_CONFIG}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=2)
+        os.replace(tmp, os.path.join(folder, RUN_CONFIG))
+    return record["fingerprint"]

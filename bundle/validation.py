@@ -1,0 +1,219 @@
+# Copyright (c) multi-condos contributors
+# Licensed under the Apache License, Version 2.0
+"""
+Checks of the records a config will actually use, before anything runs: every problem is collected (naming the
+subject, the key and the file) and reported at once. Headers are checked first for all files (fast), then the voxels
+(NaN/inf, label values), with results cached per file (path, size, mtime) within the process.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from .data import file_stem
+
+__all__ = ["DataProblems", "check_image_headers", "summary_text", "validate_records"]
+
+logger = logging.getLogger("multi_condos")
+
+#: per-file voxel statistics, keyed by (path, size, mtime_ns): a file is read once per process
+_VOXEL_CACHE: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
+class DataProblems(ValueError):
+    """All problems found in the records, one line each."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(
+            f"{len(self.problems)} problem(s) in the input data:\n  " + "\n  ".join(self.problems)
+            if self.problems
+            else "no problem"
+        )
+
+
+@dataclass
+class _Header:
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    spacing: tuple[float, ...]
+
+
+@dataclass
+class DatasetSummary:
+    """What was checked: subjects, shapes, spacings, intensity ranges per key, label values."""
+
+    n_subjects: int = 0
+    shapes: set[tuple[int, ...]] = field(default_factory=set)
+    spacings: set[tuple[float, ...]] = field(default_factory=set)
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    label_values: set[int] = field(default_factory=set)
+
+
+def _subject(record: Mapping[str, Any], keys: Sequence[str], index: int) -> str:
+    if record.get("subject"):
+        return str(record["subject"])
+    for key in keys:
+        if isinstance(record.get(key), str):
+            return file_stem(record[key])
+    return f"record {index}"
+
+
+def _read_header(path: str) -> _Header:
+    """nibabel header of ``path``; raises ``ValueError`` naming the problem."""
+    if os.path.getsize(path) == 0:
+        raise ValueError("empty file")
+    try:
+        img = nib.load(path)
+    except Exception as e:  # nibabel raises many types for non-image or damaged files
+        raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from e
+    if not isinstance(img, nib.spatialimages.SpatialImage):
+        raise ValueError(f"not an image volume ({type(img).__name__})")  # noqa: TRY004 (a data error)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return _Header(tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=float), zooms)
+
+
+def check_image_headers(path: str) -> tuple[int, ...]:
+    """The shape of an image file, or ``ValueError`` naming what is wrong with it (for quick single-file checks)."""
+    return _read_header(path).shape
+
+
+def _voxel_stats(path: str, is_label: bool) -> dict[str, Any]:
+    st = os.stat(path)
+    cache_key = (os.path.abspath(path), int(st.st_size), int(st.st_mtime_ns))
+    if cache_key in _VOXEL_CACHE and (not is_label or "values" in _VOXEL_CACHE[cache_key]):
+        return _VOXEL_CACHE[cache_key]
+    try:
+        data = np.asarray(nib.load(path).dataobj)
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as e:
+        raise ValueError(f"truncated or corrupt image data ({type(e).__name__}: {e})") from e
+    finite = np.isfinite(data) if np.issubdtype(data.dtype, np.floating) else np.ones(data.shape, bool)
+    stats: dict[str, Any] = {"n_nonfinite": int(data.size - finite.sum())}
+    stats["min"] = float(data[finite].min()) if finite.any() else float("nan")
+    stats["max"] = float(data[finite].max()) if finite.any() else float("nan")
+    if is_label and stats["n_nonfinite"] == 0:
+        stats["values"] = sorted(int(v) for v in np.unique(data)) if np.all(data == np.round(data)) else None
+    _VOXEL_CACHE[cache_key] = stats
+    return stats
+
+
+def validate_records(
+    records: Sequence[Mapping[str, Any]],
+    image_keys: Sequence[str],
+    label_key: str | None = None,
+    label_map: Mapping[Any, Any] | None = None,
+    check_voxels: bool = True,
+    check_geometry: bool = True,
+    min_subjects: int = 1,
+    what: str = "records",
+) -> DatasetSummary:
+    """
+    Check every record a workflow will use and report all problems at once.
+
+    Checks: a record is a dict with every key of ``image_keys`` (and ``label_key`` when given); each file exists,
+    is not empty and is a readable image; the images and label of a subject share shape and affine (when
+    ``check_geometry``); no NaN/inf voxels and no truncated data (when ``check_voxels``); label values are integers
+    in ``label_map`` (0 always allowed); at least ``min_subjects`` records.
+
+    Returns:
+        a summary (subjects, shapes, spacings, intensity ranges per key, label values).
+
+    Raises:
+        DataProblems: a ``ValueError`` listing every problem, each naming the subject, the key and the file.
+    """
+    keys = [*image_keys, *([label_key] if label_key else [])]
+    allowed = None if label_map is None else {0, *(int(float(k)) for k in dict(label_map))}
+    problems: list[str] = []
+    summary = DatasetSummary()
+    if not isinstance(records, Sequence) or isinstance(records, (str, Mapping)):
+        raise DataProblems([f"{what}: expected a list of records, got {type(records).__name__}"])
+    if len(records) < min_subjects:
+        problems.append(f"{what}: {len(records)} record(s), at least {min_subjects} needed")
+    headers: dict[tuple[int, str], _Header] = {}
+    for i, record in enumerate(records):  # pass 1: keys, files, headers, geometry
+        if not isinstance(record, Mapping):
+            problems.append(f"{what}[{i}]: not a dict but {type(record).__name__}")
+            continue
+        subject = _subject(record, keys, i)
+        for key in keys:
+            if key not in record:
+                problems.append(f"subject {subject}: missing key '{key}' (has {sorted(record)})")
+                continue
+            path = str(record[key])
+            if not os.path.isfile(path):
+                problems.append(f"subject {subject}, key '{key}', file {path}: file not found")
+                continue
+            try:
+                headers[(i, key)] = _read_header(path)
+            except ValueError as e:
+                problems.append(f"subject {subject}, key '{key}', file {path}: {e}")
+        present = [k for k in keys if (i, k) in headers]
+        if check_geometry and len(present) > 1:
+            ref = headers[(i, present[0])]
+            for key in present[1:]:
+                h = headers[(i, key)]
+                if h.shape[:3] != ref.shape[:3]:
+                    problems.append(
+                        f"subject {subject}, key '{key}', file {record[key]}: shape {h.shape} differs from "
+                        f"'{present[0]}' {ref.shape}"
+                    )
+                elif not np.allclose(h.affine, ref.affine, atol=1e-3):
+                    problems.append(
+                        f"subject {subject}, key '{key}', file {record[key]}: affine differs from '{present[0]}' "
+                        f"(max difference {np.abs(h.affine - ref.affine).max():.3g}); co-register or resample first"
+                    )
+        summary.n_subjects += 1
+        for key in present:
+            summary.shapes.add(headers[(i, key)].shape)
+            summary.spacings.add(tuple(round(z, 4) for z in headers[(i, key)].spacing))
+    if check_voxels:  # pass 2: voxels of the files whose header is fine
+        for i, key in headers:
+            record, subject = records[i], _subject(records[i], keys, i)
+            path, is_label = str(record[key]), key == label_key
+            try:
+                stats = _voxel_stats(path, is_label)
+            except ValueError as e:
+                problems.append(f"subject {subject}, key '{key}', file {path}: {e}")
+                continue
+            if stats["n_nonfinite"]:
+                problems.append(f"subject {subject}, key '{key}', file {path}: {stats['n_nonfinite']} NaN/inf voxel(s)")
+                continue
+            low, high = summary.ranges.get(key, (stats["min"], stats["max"]))
+            summary.ranges[key] = (min(low, stats["min"]), max(high, stats["max"]))
+            if is_label:
+                values = stats.get("values")
+                if values is None:
+                    problems.append(f"subject {subject}, key '{key}', file {path}: non-integer label values")
+                    continue
+                summary.label_values.update(values)
+                unknown = sorted(set(values) - allowed) if allowed is not None else []
+                if unknown:
+                    problems.append(
+                        f"subject {subject}, key '{key}', file {path}: label values {unknown} not in label_map "
+                        f"{dict(label_map or {})}"
+                    )
+    if problems:
+        raise DataProblems(problems)
+    logger.info(summary_text(summary, what))
+    return summary
+
+
+def summary_text(summary: DatasetSummary, what: str = "records") -> str:
+    """A printable dataset summary."""
+    lines = [f"{what}: {summary.n_subjects} subject(s) checked, no problem found"]
+    lines.append(f"  shapes: {sorted(summary.shapes)}")
+    lines.append(f"  spacings: {sorted(summary.spacings)}")
+    for key, (low, high) in sorted(summary.ranges.items()):
+        lines.append(f"  intensity range '{key}': [{low:.4g}, {high:.4g}]")
+    if summary.label_values:
+        lines.append(f"  label values: {sorted(summary.label_values)}")
+    return "\n".join(lines)
