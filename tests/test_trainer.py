@@ -4,54 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.losses import ContrastiveLoss, PatchAdversarialLoss
-from monai.networks.nets import PatchDiscriminator
+from monai.losses import ContrastiveLoss
 
-from bundle.networks import MultiConDoSGenerators
-from bundle.trainer import MultiConDoSTrainer, linear_decay_lambda
-
-FEATURES = (8, 8, 16, 16, 32, 8)
-
-
-def _paired_batches(n_batches: int = 2, batch: int = 4, size: int = 32, seed: int = 0) -> list[dict]:
-    """Paired 'modalities': B is a fixed non-linear contrast change of A (a translation is learnable)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n_batches):
-        a = torch.zeros(batch, 1, size, size)
-        yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-        for i in range(batch):
-            cx, cy, r = torch.rand(3, generator=g) * torch.tensor([0.6, 0.6, 0.3]) + torch.tensor([-0.3, -0.3, 0.4])
-            disk = ((xx - cx) ** 2 + (yy - cy) ** 2) < r**2
-            a[i, 0][disk] = 0.8 * torch.rand(1, generator=g) - 0.2
-        b = torch.where(a != 0, 0.6 - a, torch.zeros_like(a))
-        out.append({"t1": a, "t2": b})
-    return out
-
-
-def _trainer(batches: list[dict], **kwargs) -> MultiConDoSTrainer:
-    torch.manual_seed(0)
-    gens = MultiConDoSGenerators(features=FEATURES, projection_hidden=16, projection_dim=8)
-    discs = torch.nn.ModuleDict(
-        {
-            k: PatchDiscriminator(spatial_dims=2, channels=8, in_channels=1, num_layers_d=3, norm="INSTANCE")
-            for k in ("d_a", "d_b")
-        }
-    )
-    return MultiConDoSTrainer(
-        device="cpu",
-        max_epochs=1,
-        train_data_loader=batches,
-        generators=gens,
-        discriminators=discs,
-        g_optimizer=torch.optim.Adam(gens.parameters(), lr=kwargs.pop("lr", 2e-4), betas=(0.5, 0.999)),
-        d_optimizer=torch.optim.Adam(discs.parameters(), lr=2e-4, betas=(0.5, 0.999)),
-        adversarial_loss=PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True),
-        contrastive_loss=ContrastiveLoss(temperature=0.5),
-        keys=("t1", "t2"),
-        image_pool_size=4,
-        **kwargs,
-    )
+from bundle.trainer import linear_decay_lambda
+from conftest import build_trainer as _trainer
+from conftest import paired_batches as _paired_batches
 
 
 def test_every_term_is_finite_and_logged():
