@@ -3,4 +3,4 @@
 """Multi-ConDoS bundle package: what MONAI lacks for the method (shared-block generators, projection head,
 image pool, the 2G/2D training step, translation validation, data helpers and the demo dataset)."""
 
-from . import data, demo_data, evaluation, finetune, handlers, networks, trainer, transforms, validation  # noqa: F401
+from . import data, demo_data, distributed, evaluation, finetune, handlers, networks, trainer, transforms, validation  # noqa: F401

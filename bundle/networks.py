@@ -15,11 +15,13 @@ from torch import nn
 
 __all__ = [
     "BASIC_UNET_BLOCKS",
+    "DiscriminatorPair",
     "ImagePool",
     "MultiConDoSGenerators",
     "ProjectionHead",
     "TranslationGenerator",
     "share_blocks",
+    "unwrap",
 ]
 
 #: the named child blocks of ``monai.networks.nets.BasicUNet`` (encoder, bottleneck, decoder), input to output
@@ -187,9 +189,59 @@ class MultiConDoSGenerators(nn.Module):
             "g_ba": {k: v.detach().cpu().clone() for k, v in self.g_ba.unet.state_dict().items()},
         }
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Translate ``a`` to modality B and ``b`` to modality A."""
-        return self.g_ab(a)[0], self.g_ba(b)[0]
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, cycle: bool = True, identity: bool = False, project: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """
+        Every generator output one training step needs, in one call (so that a ``DistributedDataParallel`` wrapper of
+        the pair sees one forward per step and reduces each shared tensor's gradient once).
+
+        Returns:
+            ``fake_b`` = G_AB(a), ``fake_a`` = G_BA(b); with ``cycle`` ``rec_a`` = G_BA(fake_b), ``rec_b`` =
+            G_AB(fake_a); with ``identity`` ``idt_b`` = G_AB(b), ``idt_a`` = G_BA(a); with ``project`` ``z_a``,
+            ``z_b``: the projected shared-bottleneck features of a (through G_AB) and b (through G_BA).
+        """
+        fake_b, feat_a = self.g_ab(a)
+        fake_a, feat_b = self.g_ba(b)
+        out = {"fake_a": fake_a, "fake_b": fake_b}
+        if cycle:
+            out["rec_a"], out["rec_b"] = self.g_ba(fake_b)[0], self.g_ab(fake_a)[0]
+        if identity:
+            out["idt_b"], out["idt_a"] = self.g_ab(b)[0], self.g_ba(a)[0]
+        if project:
+            out["z_a"], out["z_b"] = self.head(feat_a), self.head(feat_b)
+        return out
+
+
+class DiscriminatorPair(nn.Module):
+    """
+    The discriminators D_A (judging modality A) and D_B, as one module whose forward runs both and returns their
+    logits (the last output of MONAI ``PatchDiscriminator``). One forward per step keeps ``DistributedDataParallel``
+    happy: real and fake images are concatenated along the batch (the instance-normalised PatchGAN treats samples
+    independently, so the result equals two separate calls).
+
+    Args:
+        d_a: discriminator of modality A.
+        d_b: discriminator of modality B.
+    """
+
+    def __init__(self, d_a: nn.Module, d_b: nn.Module) -> None:
+        super().__init__()
+        self.d_a = d_a
+        self.d_b = d_b
+
+    @staticmethod
+    def _logits(out: Any) -> torch.Tensor:
+        return out[-1] if isinstance(out, (list, tuple)) else out
+
+    def forward(self, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch logits of D_A on ``x_a`` and of D_B on ``x_b``."""
+        return self._logits(self.d_a(x_a)), self._logits(self.d_b(x_b))
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper (or the module itself)."""
+    return getattr(module, "module", module)
 
 
 class ImagePool:

@@ -10,13 +10,15 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn as dist_nn
 from monai.engines import Evaluator, Trainer
 from monai.utils import ForwardMode
 from torch import nn
 from torch.optim import Optimizer
 
 from .handlers import check_finite
-from .networks import ImagePool, MultiConDoSGenerators
+from .networks import ImagePool, MultiConDoSGenerators, unwrap
 
 __all__ = ["LOSS_TERMS", "MultiConDoSTrainer", "TranslationEvaluator", "linear_decay_lambda"]
 
@@ -49,6 +51,22 @@ def linear_decay_lambda(total_epochs: int, decay_start_epoch: int) -> Callable[[
     return _factor
 
 
+_GATHER_GROUP: list = []
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """
+    Concatenate ``x`` of every rank (batch dimension), differentiably (the backward sums the gradients of all ranks);
+    ``x`` itself outside distributed runs. The collectives run in a process group of their own: on the default group
+    they would interleave with DDP's asynchronous gradient all-reduce during the backward and mix up the data.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    if not _GATHER_GROUP:
+        _GATHER_GROUP.append(dist.new_group())
+    return torch.cat(dist_nn.all_gather(x, group=_GATHER_GROUP[0]), dim=0)
+
+
 def _autocast(device: torch.device, enabled: bool) -> Any:
     """bf16 autocast where supported (no loss scaling needed), else fp16 on CUDA."""
     if not enabled:
@@ -58,10 +76,15 @@ def _autocast(device: torch.device, enabled: bool) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _plain(x: torch.Tensor, device: torch.device, non_blocking: bool) -> torch.Tensor:
+def _plain(
+    x: torch.Tensor,
+    device: torch.device,
+    non_blocking: bool,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
     """Move to ``device`` as a plain tensor (MetaTensor bookkeeping is not needed in the training step)."""
     x = x.as_tensor() if hasattr(x, "as_tensor") else x
-    return x.to(device=device, non_blocking=non_blocking)
+    return x.to(device=device, non_blocking=non_blocking, memory_format=memory_format)
 
 
 class MultiConDoSTrainer(Trainer):
@@ -123,6 +146,8 @@ class MultiConDoSTrainer(Trainer):
         epoch_length: int | None = None,
         amp: bool = False,
         train_handlers: Sequence | None = None,
+        contrastive_all_ranks: bool = False,
+        channels_last: bool = False,
         **kwargs: Any,
     ) -> None:
         if len(keys) != 2:
@@ -168,42 +193,55 @@ class MultiConDoSTrainer(Trainer):
         self.contrastive_loss = contrastive_loss
         self.keys = list(keys)
         self.weights = weights
+        self.contrastive_all_ranks = bool(contrastive_all_ranks)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         use_scaler = bool(amp) and torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported()
         self.g_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.d_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     def _generator_losses(self, a: torch.Tensor, b: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
         w = self.weights
-        g_ab, g_ba = self.generators.g_ab, self.generators.g_ba
-        fake_b, feat_a = g_ab(a)
-        fake_a, feat_b = g_ba(b)
+        out = self.generators(
+            a, b, cycle=w["cycle"] > 0, identity=w["identity"] > 0, project=w["contrastive"] > 0
+        )  # one forward through the (possibly DDP-wrapped) pair
         terms: dict[str, torch.Tensor] = {}
         if w["adversarial"] > 0:
-            d_a, d_b = self.discriminators.d_a, self.discriminators.d_b
+            # the unwrapped discriminators: their weights are frozen here, the D step goes through the wrapper
+            logits_a, logits_b = unwrap(self.discriminators)(out["fake_a"], out["fake_b"])
             terms["adversarial"] = self.adversarial_loss(
-                d_b(fake_b)[-1], target_is_real=True, for_discriminator=False
-            ) + self.adversarial_loss(d_a(fake_a)[-1], target_is_real=True, for_discriminator=False)
+                logits_b, target_is_real=True, for_discriminator=False
+            ) + self.adversarial_loss(logits_a, target_is_real=True, for_discriminator=False)
         if w["cycle"] > 0:
-            terms["cycle"] = self.l1_loss(g_ba(fake_b)[0], a) + self.l1_loss(g_ab(fake_a)[0], b)
+            terms["cycle"] = self.l1_loss(out["rec_a"], a) + self.l1_loss(out["rec_b"], b)
         if w["pix2pix"] > 0:
-            terms["pix2pix"] = self.l1_loss(fake_b, b) + self.l1_loss(fake_a, a)
+            terms["pix2pix"] = self.l1_loss(out["fake_b"], b) + self.l1_loss(out["fake_a"], a)
         if w["contrastive"] > 0:
-            head = self.generators.head
-            terms["contrastive"] = self.contrastive_loss(head(feat_a).float(), head(feat_b).float())  # type: ignore
+            z_a, z_b = out["z_a"].float(), out["z_b"].float()
+            if self.contrastive_all_ranks:  # negatives from every rank: the effective batch is the global one
+                z_a, z_b = gather_with_grad(z_a), gather_with_grad(z_b)
+            terms["contrastive"] = self.contrastive_loss(z_a, z_b)  # type: ignore[misc]
         if w["identity"] > 0:
-            terms["identity"] = self.l1_loss(g_ab(b)[0], b) + self.l1_loss(g_ba(a)[0], a)
-        return terms, {"fake_a": fake_a, "fake_b": fake_b}
+            terms["identity"] = self.l1_loss(out["idt_b"], b) + self.l1_loss(out["idt_a"], a)
+        return terms, {"fake_a": out["fake_a"], "fake_b": out["fake_b"]}
 
-    def _discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, net: nn.Module) -> torch.Tensor:
-        loss_real = self.adversarial_loss(net(real)[-1], target_is_real=True, for_discriminator=True)
-        loss_fake = self.adversarial_loss(net(fake)[-1], target_is_real=False, for_discriminator=True)
-        return 0.5 * (loss_real + loss_fake)
+    def _discriminator_losses(
+        self, a: torch.Tensor, b: torch.Tensor, fake_a: torch.Tensor, fake_b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LSGAN losses of D_A and D_B, ½[(D(real) − 1)² + D(fake)²], with one forward of the pair."""
+        n_a, n_b = a.shape[0], b.shape[0]
+        logits_a, logits_b = self.discriminators(torch.cat([a, fake_a]), torch.cat([b, fake_b]))
+        losses = []
+        for logits, n in ((logits_a, n_a), (logits_b, n_b)):
+            real = self.adversarial_loss(logits[:n], target_is_real=True, for_discriminator=True)
+            fake = self.adversarial_loss(logits[n:], target_is_real=False, for_discriminator=True)
+            losses.append(0.5 * (real + fake))
+        return losses[0], losses[1]
 
     def _iteration(self, engine: MultiConDoSTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        a = _plain(batchdata[self.keys[0]], engine.state.device, engine.non_blocking)
-        b = _plain(batchdata[self.keys[1]], engine.state.device, engine.non_blocking)
+        a = _plain(batchdata[self.keys[0]], engine.state.device, engine.non_blocking, self.memory_format)
+        b = _plain(batchdata[self.keys[1]], engine.state.device, engine.non_blocking, self.memory_format)
         if self.weights["contrastive"] > 0 and a.shape[0] < 2:
             raise ValueError("the contrastive loss needs batches of at least 2 subjects (in-batch negatives).")
         device = torch.device(engine.state.device)
@@ -230,8 +268,7 @@ class MultiConDoSTrainer(Trainer):
             fake_b = self.pool_b.query(images["fake_b"].float())
             fake_a = self.pool_a.query(images["fake_a"].float())
             with _autocast(device, self.amp):
-                loss_d_b = self._discriminator_loss(b, fake_b, self.discriminators.d_b)
-                loss_d_a = self._discriminator_loss(a, fake_a, self.discriminators.d_a)
+                loss_d_a, loss_d_b = self._discriminator_losses(a, b, fake_a, fake_b)
             losses["d_a"], losses["d_b"] = loss_d_a.item(), loss_d_b.item()
             check_finite({"d_a": losses["d_a"], "d_b": losses["d_b"]}, engine.state.epoch, engine.state.iteration)
             self.d_scaler.scale(loss_d_a + loss_d_b).backward()
@@ -285,10 +322,11 @@ class TranslationEvaluator(Evaluator):
             raise ValueError("Must provide batch data for current iteration.")
         a = _plain(batchdata[self.keys[0]], engine.state.device, engine.non_blocking)
         b = _plain(batchdata[self.keys[1]], engine.state.device, engine.non_blocking)
-        self.generators.eval()
+        unwrap(self.generators).eval()
         with torch.no_grad(), _autocast(torch.device(engine.state.device), self.amp):
-            fake_b = self.generators.g_ab(a)[0].float()
-            fake_a = self.generators.g_ba(b)[0].float()
+            generators = unwrap(self.generators)
+            fake_b = generators.g_ab(a)[0].float()
+            fake_a = generators.g_ba(b)[0].float()
         output = {"a": a, "b": b, "fake_a": fake_a, "fake_b": fake_b}
         if "subject" in batchdata:
             output["subject"] = batchdata["subject"]

@@ -139,8 +139,10 @@ def build_trainer(batches: list[dict], **kwargs):
 
     torch.manual_seed(0)
     gens = MultiConDoSGenerators(features=TINY_NET["features"], projection_hidden=16, projection_dim=8)
-    discs = torch.nn.ModuleDict(
-        {
+    from bundle.networks import DiscriminatorPair
+
+    discs = DiscriminatorPair(
+        **{
             k: PatchDiscriminator(spatial_dims=2, channels=8, in_channels=1, num_layers_d=3, norm="INSTANCE")
             for k in ("d_a", "d_b")
         }
