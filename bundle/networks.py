@@ -19,6 +19,7 @@ __all__ = [
     "ImagePool",
     "MultiConDoSGenerators",
     "ProjectionHead",
+    "maybe_compile",
     "TranslationGenerator",
     "share_blocks",
     "unwrap",
@@ -237,6 +238,16 @@ class DiscriminatorPair(nn.Module):
     def forward(self, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch logits of D_A on ``x_a`` and of D_B on ``x_b``."""
         return self._logits(self.d_a(x_a)), self._logits(self.d_b(x_b))
+
+
+def maybe_compile(module: nn.Module, enabled: bool = False, backend: str = "inductor") -> nn.Module:
+    """
+    ``module.compile(backend=backend)`` (in place: parameter names and checkpoints stay unchanged) when ``enabled``.
+    On torch 2.13 CPU the inductor backend fails on ``BasicUNet``'s backward; ``aot_eager`` works there.
+    """
+    if enabled:
+        module.compile(backend=backend)
+    return module
 
 
 def unwrap(module: nn.Module) -> nn.Module:
