@@ -93,7 +93,8 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path):
     for part in ("generators", "discriminators"):
         for key, value in s1[part].items():
             assert torch.equal(s2[part][key], s2b[part][key]), key  # identical across ranks
-            torch.testing.assert_close(s2[part][key], value, rtol=1e-4, atol=1e-5, msg=key)
+            # rounding differences are about 1e-5 here; the steps themselves reach 1e-1
+            torch.testing.assert_close(s2[part][key], value, rtol=1e-3, atol=3e-5, msg=key)
     # the steps changed the weights (a comparison of untouched weights would prove nothing)
     torch.manual_seed(0)
     from bundle.networks import MultiConDoSGenerators
