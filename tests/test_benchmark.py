@@ -250,6 +250,14 @@ def test_fake_grid_reports_and_resume(tiny_dataset, tmp_path):
     os.remove(out / "finetune" / "scratch" / "fraction_0.5_seed_1" / "result.json")
     _fake_benchmark(tiny_dataset, out, runner, finetune_overrides={"epochs": 1})
     assert [c[0] for c in runner.calls[calls:]] == ["finetune", "evaluate"]
+    # report only: a larger grid reports what has finished and runs nothing
+    calls = len(runner.calls)
+    rows3, lines3 = _fake_benchmark(
+        tiny_dataset, out, runner, finetune_overrides={"epochs": 1}, seeds=[0, 1, 2], report_only=True
+    )
+    assert len(runner.calls) == calls and len(rows3) == 12
+    assert sum("not finished (report only)" in line for line in lines3) == 6
+    assert "| 0.705 ± 0.007 (n=2) |" in (out / "results.md").read_text()
     # finished runs with other settings are not silently mixed in
     with pytest.raises(bm.BenchmarkError, match="other settings"):
         _fake_benchmark(tiny_dataset, out, runner, finetune_overrides={"epochs": 2})
