@@ -19,7 +19,6 @@ __all__ = [
     "MIN_IMAGE_SIZE",
     "as_image_size",
     "as_modality_pair",
-    "check_checkpoint_dir",
     "check_or_exit",
     "check_records",
     "datalist_images",
@@ -169,28 +168,6 @@ def as_modality_pair(modalities: Sequence[str]) -> list[str]:
     if pair[0] == pair[1] or not all(pair) or {"subject", "label"} & set(pair):
         raise ValueError(f"modalities must be two different image keys, got {pair}.")
     return pair
-
-
-def check_checkpoint_dir(ckpt_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> None:
-    """
-    Refuse to start a fresh run over the checkpoints of an earlier one (nothing written is silently lost).
-
-    Raises:
-        FileExistsError: when ``ckpt_dir`` already holds ``generators.pt`` or ``checkpoints/*.pt`` and neither
-            ``overwrite`` nor ``resume`` is set.
-    """
-    if overwrite or resume:
-        return
-    ckpt_dir = os.fspath(ckpt_dir)
-    found = [os.path.join(ckpt_dir, "generators.pt")] if os.path.isfile(os.path.join(ckpt_dir, "generators.pt")) else []
-    sub = os.path.join(ckpt_dir, "checkpoints")
-    if os.path.isdir(sub):
-        found += sorted(os.path.join(sub, f) for f in os.listdir(sub) if f.endswith(".pt"))
-    if found:
-        raise FileExistsError(
-            f"{ckpt_dir} already holds checkpoints of an earlier run ({', '.join(found[:3])}"
-            f"{', ...' if len(found) > 3 else ''}). Choose another --ckpt_dir, or pass --overwrite True to replace them."
-        )
 
 
 def check_or_exit(check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -21,7 +21,7 @@ import numpy as np
 
 from .data import file_stem
 
-__all__ = ["DataProblems", "check_image_headers", "summary_text", "validate_records"]
+__all__ = ["DataProblems", "summary_text", "validate_records"]
 
 logger = logging.getLogger("multi_condos")
 
@@ -80,11 +80,6 @@ def _read_header(path: str) -> _Header:
         raise ValueError(f"not an image volume ({type(img).__name__})")  # noqa: TRY004 (a data error)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return _Header(tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=float), zooms)
-
-
-def check_image_headers(path: str) -> tuple[int, ...]:
-    """The shape of an image file, or ``ValueError`` naming what is wrong with it (for quick single-file checks)."""
-    return _read_header(path).shape
 
 
 def _voxel_stats(path: str, is_label: bool) -> dict[str, Any]:
