@@ -52,8 +52,8 @@ def config_path(name: str) -> str:
     return os.path.join(str(ROOT), "configs", name)
 
 
-def run_workflow(config_file, overrides: dict, workflow_type: str | None = None, run_id: str = "run"):
-    """Run a bundle config in-process (initialize, run, finalize) and return the workflow."""
+def make_workflow(config_file, overrides: dict, workflow_type: str | None = None, run_id: str = "run"):
+    """A bundle config as an initialised ``ConfigWorkflow`` (in-process)."""
     from monai.bundle import ConfigWorkflow
 
     wf = ConfigWorkflow(
@@ -65,6 +65,12 @@ def run_workflow(config_file, overrides: dict, workflow_type: str | None = None,
         **overrides,
     )
     wf.initialize()
+    return wf
+
+
+def run_workflow(config_file, overrides: dict, workflow_type: str | None = None, run_id: str = "run"):
+    """Run a bundle config in-process (initialize, run, finalize) and return the workflow."""
+    wf = make_workflow(config_file, overrides, workflow_type, run_id)
     wf.run()
     wf.finalize()
     return wf

@@ -14,20 +14,11 @@ from monai.bundle import ConfigWorkflow
 from monai.networks.nets import BasicUNet
 from PIL import Image
 
-from conftest import ROOT, config_path
+from conftest import ROOT, config_path, make_workflow
 
 
 def _workflow(overrides: dict) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=config_path("pretrain.yaml"),
-        meta_file=config_path("metadata.json"),
-        logging_file=config_path("logging.conf"),
-        workflow_type=None,
-        run_id="training",
-        **overrides,
-    )
-    wf.initialize()
-    return wf
+    return make_workflow(config_path("pretrain.yaml"), overrides, run_id="training")
 
 
 def test_cli_pretraining_writes_checkpoints_generators_previews_and_metrics(pretrain_overrides):

@@ -19,7 +19,7 @@ from monai.networks.nets import BasicUNet
 
 from bundle.handlers import GeneratorExportHandler
 from bundle.networks import MultiConDoSGenerators
-from conftest import ROOT, TINY_NET, config_path
+from conftest import ROOT, TINY_NET, config_path, run_workflow
 
 CLIP = 5.0
 
@@ -50,18 +50,7 @@ def overrides(tiny_dataset: dict[str, str], generators_file: str, tmp_path: Path
 
 
 def _translate(overrides: dict) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=config_path("translate.yaml"),
-        meta_file=config_path("metadata.json"),
-        logging_file=config_path("logging.conf"),
-        workflow_type=None,
-        run_id="run",
-        **overrides,
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    return wf
+    return run_workflow(config_path("translate.yaml"), overrides)
 
 
 def _testing_files(tiny_dataset: dict[str, str], key: str) -> list[str]:
