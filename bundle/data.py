@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data.utils import json_hashing
 
 from .demo_data import ensure_demo_dataset
 
@@ -19,6 +21,8 @@ __all__ = [
     "MIN_IMAGE_SIZE",
     "as_image_size",
     "as_modality_pair",
+    "cached_dataset",
+    "channel_of",
     "check_or_exit",
     "check_records",
     "datalist_images",
@@ -155,6 +159,45 @@ def train_val_split(
     }
 
 
+def cached_dataset(
+    data: Sequence[Any],
+    transform: Callable[..., Any],
+    cache: str = "memory",
+    cache_rate: float = 1.0,
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int | None = 1,
+) -> Dataset:
+    """
+    The dataset of a config with the cache it asks for. Every cache keeps the deterministic transforms' output
+    (up to the first random transform), which the configs make compact (cropped to the foreground, float16 images,
+    uint8 masks).
+
+    Args:
+        data: the records.
+        transform: the transforms.
+        cache: ``memory`` (``CacheDataset``, ``cache_rate`` of the records in RAM), ``disk`` (``PersistentDataset``
+            in ``cache_dir``, keyed by each record and the transforms, so a change of preprocessing misses the old
+            cache instead of reusing it) or ``none`` (``Dataset``: everything is recomputed each time).
+        cache_rate: the fraction of records held in memory (``memory`` only).
+        cache_dir: the folder of the disk cache (``disk`` only).
+        num_workers: the threads that fill the memory cache.
+
+    Raises:
+        ValueError: an unknown ``cache``, a ``cache_rate`` outside [0, 1] or ``disk`` without ``cache_dir``.
+    """
+    if cache == "memory":
+        if not 0.0 <= float(cache_rate) <= 1.0:
+            raise ValueError(f"cache_rate must be in [0, 1], got {cache_rate}.")
+        return CacheDataset(data, transform, cache_rate=float(cache_rate), num_workers=num_workers)
+    if cache == "disk":
+        if not cache_dir:
+            raise ValueError("cache 'disk' needs a cache_dir (e.g. --cache_dir /scratch/multi_condos_cache).")
+        return PersistentDataset(data, transform, cache_dir=os.fspath(cache_dir), hash_transform=json_hashing)
+    if cache == "none":
+        return Dataset(data, transform)
+    raise ValueError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}.")
+
+
 def as_modality_pair(modalities: Sequence[str]) -> list[str]:
     """
     Validate the modality pair ``[A, B]`` (datalist keys).
@@ -222,13 +265,19 @@ def datalist_images(
     if demo_data_list_file_path is not None and os.path.abspath(path) == os.path.abspath(demo_data_list_file_path):
         ensure_demo_dataset(dataset_dir, path)
     datalist = load_datalist(path, dataset_dir, [key], sections=(section,))
-    records = [{"image": record[key]} for record in datalist[section]]
+    records = [{"image": record[key], **channel_of(record, key)} for record in datalist[section]]
     if not records:
         raise ValueError(
             f"{path}: no '{section}' records to run on. Choose another --data_section, or give the volumes "
             "directly: --dataset#data \"[{'image': '/path/to/volume.nii.gz'}]\"."
         )
     return records
+
+
+def channel_of(record: dict[str, Any], key: str, image_key: str = "image") -> dict[str, Any]:
+    """``{"channels": {image_key: i}}`` when ``record`` gives ``key`` a channel index, else ``{}``."""
+    channels = record.get("channels") or {}
+    return {"channels": {image_key: channels[key]}} if key in channels else {}
 
 
 def file_stem(path: str) -> str:

@@ -17,7 +17,7 @@ import torch
 from monai.networks.utils import copy_model_state
 from torch import nn
 
-from .data import train_val_split
+from .data import channel_of, train_val_split
 
 __all__ = [
     "ENCODER_BLOCKS",
@@ -171,12 +171,16 @@ def initialise_network(
 
 
 def segmentation_records(records: Sequence[dict[str, Any]], image_key: str, label_key: str = "label") -> list[dict]:
-    """``{"image", "label", "subject"}`` records (the form MONAI Label uses) from datalist records."""
+    """
+    ``{"image", "label", "subject"}`` records (the form MONAI Label uses) from datalist records; the channel index
+    of a multi-channel file (MSD) follows as ``{"channels": {"image": i}}``.
+    """
     out = []
     for r in records:
         item = {"image": r[image_key], "subject": r["subject"]}
         if label_key in r:
             item["label"] = r[label_key]
+        item.update(channel_of(r, image_key))
         out.append(item)
     return out
 

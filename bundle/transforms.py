@@ -1,40 +1,260 @@
 # Copyright (c) multi-condos contributors
 # Licensed under the Apache License, Version 2.0
-"""Dictionary transforms MONAI lacks: a multimodal foreground mask, a deterministic choice of foreground slices
-(the fixed validation slices) and a strict label-value mapping."""
+"""Dictionary transforms MONAI lacks: per-modality intensity rules (MRI, CT, PET), channel selection from 4-D
+multimodal files, a multimodal foreground mask, padding with each modality's background, a cast that stays out of
+the cache, a deterministic choice of foreground slices (the fixed validation slices) and a strict label-value
+mapping."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, NormalizeIntensity, ResizeWithPadOrCrop, ScaleIntensityRange
+from monai.transforms.traits import RandomizableTrait
 
-__all__ = ["ForegroundMaskd", "ForegroundSlicesd", "MapLabelsd"]
+__all__ = [
+    "INTENSITY_RULES",
+    "ForegroundMaskd",
+    "ForegroundSlicesd",
+    "MapLabelsd",
+    "ModalityIntensityd",
+    "ResizeWithBackgroundd",
+    "SelectChanneld",
+    "UncachedCastd",
+    "background_value",
+    "check_preprocessing",
+    "intensity_rule",
+]
+
+#: intensity rules: the value range each maps to is [-1, 1] (the generators end in tanh); the background value
+#: is 0 for ``mri`` (z-scored non-zero voxels, zeros kept) and -1 for ``ct``/``pet`` (the window's lower end)
+INTENSITY_RULES: dict[str, float] = {"mri": 0.0, "ct": -1.0, "pet": -1.0}
+
+
+def intensity_rule(intensity: str | Mapping[str, str], key: str) -> str:
+    """
+    The intensity rule of ``key``: ``intensity`` is one rule for every modality or a ``{modality: rule}`` map.
+
+    Raises:
+        ValueError: an unknown rule, or a map without ``key``.
+    """
+    if isinstance(intensity, Mapping):
+        if key not in intensity:
+            raise ValueError(f"intensity {dict(intensity)} names no rule for modality '{key}'.")
+        rule = intensity[key]
+    else:
+        rule = intensity
+    if rule not in INTENSITY_RULES:
+        raise ValueError(f"unknown intensity rule {rule!r} for '{key}': choose one of {sorted(INTENSITY_RULES)}.")
+    return str(rule)
+
+
+def background_value(intensity: str | Mapping[str, str], key: str = "image") -> float:
+    """The value of empty space after ``key``'s intensity rule (what padding must use)."""
+    return INTENSITY_RULES[intensity_rule(intensity, key)]
+
+
+def check_preprocessing(
+    keys: Sequence[str],
+    intensity: str | Mapping[str, str],
+    resample_to: str | None = None,
+    spacing: Sequence[float] | None = None,
+    cache: str = "memory",
+    cache_rate: float = 1.0,
+) -> None:
+    """
+    Check the preprocessing settings of a config before anything is built.
+
+    Raises:
+        ValueError: an unknown intensity rule, ``resample_to`` not one of ``keys``, ``spacing`` not three numbers,
+            an unknown ``cache`` or a ``cache_rate`` outside [0, 1].
+    """
+    for key in keys:
+        intensity_rule(intensity, key)
+    if resample_to is not None and resample_to not in keys:
+        raise ValueError(f"resample_to must be one of the modalities {list(keys)} or null, got {resample_to!r}.")
+    if spacing is not None and (
+        isinstance(spacing, (str, bytes)) or not isinstance(spacing, Sequence) or len(spacing) != 3
+    ):
+        raise ValueError(f"spacing must be null or three numbers in mm (<= 0 keeps an axis), got {spacing!r}.")
+    if cache not in ("memory", "disk", "none"):
+        raise ValueError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}.")
+    if not 0.0 <= float(cache_rate) <= 1.0:
+        raise ValueError(f"cache_rate must be in [0, 1], got {cache_rate}.")
+
+
+class ModalityIntensityd(MapTransform):
+    """
+    Map each modality to [-1, 1] with its rule (see ``INTENSITY_RULES``), built from MONAI's ``NormalizeIntensity``
+    and ``ScaleIntensityRange``:
+
+    - ``mri``: z-score over the non-zero voxels, clip to ``±mri_clip`` standard deviations, scale to [-1, 1]
+      (the background stays 0);
+    - ``ct``: Hounsfield window ``ct_window`` (e.g. -200..250) scaled to [-1, 1], clipped;
+    - ``pet``: SUV range ``pet_range`` (e.g. 0..10) scaled to [-1, 1], clipped.
+
+    Args:
+        keys: modality keys.
+        intensity: one rule for every key, or ``{key: rule}``.
+        mri_clip: clip of the ``mri`` z-score, in standard deviations.
+        ct_window: ``[low, high]`` HU window of the ``ct`` rule.
+        pet_range: ``[low, high]`` SUV range of the ``pet`` rule.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        intensity: str | Mapping[str, str] = "mri",
+        mri_clip: float = 5.0,
+        ct_window: Sequence[float] = (-200.0, 250.0),
+        pet_range: Sequence[float] = (0.0, 10.0),
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.rules = {key: intensity_rule(intensity, str(key)) for key in self.keys}
+        for name, (low, high) in (("ct_window", ct_window), ("pet_range", pet_range)):
+            if not float(low) < float(high):
+                raise ValueError(f"{name} must be [low, high] with low < high, got [{low}, {high}].")
+        if not float(mri_clip) > 0:
+            raise ValueError(f"intensity_clip must be > 0, got {mri_clip}.")
+        self.mri = [
+            NormalizeIntensity(nonzero=True, channel_wise=True),
+            ScaleIntensityRange(-float(mri_clip), float(mri_clip), -1.0, 1.0, clip=True),
+        ]
+        self.ct = [ScaleIntensityRange(float(ct_window[0]), float(ct_window[1]), -1.0, 1.0, clip=True)]
+        self.pet = [ScaleIntensityRange(float(pet_range[0]), float(pet_range[1]), -1.0, 1.0, clip=True)]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            for transform in getattr(self, self.rules[key]):
+                d[key] = transform(d[key])
+        return d
+
+
+class SelectChanneld(MapTransform):
+    """
+    Keep one channel of multi-channel images (e.g. the 4-D files of MSD Task01_BrainTumour, channels FLAIR, T1w,
+    T1gd, T2w): the index of ``key`` is read from the record's ``channels_key`` map (``{"flair": 0, "t2": 3}``),
+    which the datalist carries and this transform removes. Single-channel images pass unchanged.
+
+    Raises:
+        ValueError: naming the file, for a multi-channel image without an index or an index out of range.
+    """
+
+    def __init__(self, keys: KeysCollection, channels_key: str = "channels", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.channels_key = channels_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        channels = d.pop(self.channels_key, None) or {}
+        for key in self.key_iterator(d):
+            image = d[key]
+            n = image.shape[0]
+            index = channels.get(key)
+            if index is None:
+                if n > 1:
+                    raise ValueError(
+                        f"{_source(image, key)}: {n} channels but the record gives no channel index for '{key}' "
+                        f'(add "{self.channels_key}": {{"{key}": i}} to it, as scripts/prepare_datalist.py does).'
+                    )
+                continue
+            if not 0 <= int(index) < n:
+                raise ValueError(f"{_source(image, key)}: channel index {index} for '{key}' but the image has {n}.")
+            d[key] = image[int(index) : int(index) + 1]
+        return d
+
+
+class ResizeWithBackgroundd(MapTransform):
+    """
+    MONAI's ``ResizeWithPadOrCrop`` with a padding value per key (each modality's background, 0 for masks and
+    labels), which ``ResizeWithPadOrCropd`` cannot do: it pads every key with one value.
+
+    Args:
+        keys: keys to pad or crop, all to ``spatial_size`` (-1 keeps a dimension).
+        spatial_size: the output spatial size.
+        backgrounds: padding value of every key, or ``{key: value}`` (keys not in it use 0).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: Sequence[int] | int,
+        backgrounds: float | Mapping[str, float] = 0.0,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        values = backgrounds if isinstance(backgrounds, Mapping) else dict.fromkeys(self.keys, backgrounds)
+        self.resizers = {
+            key: ResizeWithPadOrCrop(spatial_size, mode="constant", value=float(values.get(key, 0.0)))
+            for key in self.keys
+        }
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.resizers[key](d[key])
+        return d
+
+
+class UncachedCastd(MapTransform, RandomizableTrait):
+    """
+    Cast ``keys`` to ``dtype`` after the cache: marked ``RandomizableTrait`` so that ``CacheDataset`` and
+    ``PersistentDataset`` stop caching before it (they cache up to the first random transform). The cache then
+    keeps the compact dtype (float16 images, uint8 masks) and only the items drawn are cast, e.g. to float32.
+    """
+
+    def __init__(self, keys: KeysCollection, dtype: torch.dtype = torch.float32, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.dtype = dtype
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = torch.as_tensor(d[key]).to(self.dtype)
+        return d
 
 
 class ForegroundMaskd(MapTransform):
     """
-    Write ``mask_key``: a float mask (one channel) of the voxels that are non-zero in any channel of any of
-    ``keys``. Used as the weight map of slice sampling, so that mostly-empty slices are rarely drawn.
+    Write ``mask_key``: a mask (one channel) of the voxels that differ from the background in any channel of any
+    of ``keys``. Used to crop to the foreground and as the weight map of slice sampling, so that mostly-empty
+    slices are rarely drawn.
+
+    Args:
+        keys: images whose foreground is united.
+        mask_key: where the mask goes.
+        background: the background value of every key, or ``{key: value}`` (see ``background_value``).
+        dtype: the mask's dtype (``torch.uint8`` keeps a cache compact).
     """
 
-    def __init__(self, keys: KeysCollection, mask_key: str = "foreground", allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_key: str = "foreground",
+        background: float | Mapping[str, float] = 0.0,
+        dtype: torch.dtype = torch.float32,
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
+        self.background = background if isinstance(background, Mapping) else dict.fromkeys(self.keys, background)
+        self.dtype = dtype
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         mask = None
         for key in self.key_iterator(d):
-            nonzero = torch.as_tensor(d[key]).ne(0).any(dim=0, keepdim=True)
+            nonzero = torch.as_tensor(d[key]).ne(float(self.background.get(key, 0.0))).any(dim=0, keepdim=True)
             mask = nonzero if mask is None else mask | nonzero
         if mask is None:
             raise KeyError(f"ForegroundMaskd: none of {list(self.keys)} in the data.")
-        d[self.mask_key] = mask.float()
+        d[self.mask_key] = mask.to(self.dtype)
         return d
 
 

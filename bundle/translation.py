@@ -87,6 +87,13 @@ def load_generators(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} is not a generators.pt written by configs/pretrain.yaml: missing entries {missing} "
             f"(expected {list(GENERATOR_KEYS)})."
         )
+    rules = state.get("intensity") or {}
+    other = {key: rule for key, rule in rules.items() if rule != "mri"} if isinstance(rules, dict) else {}
+    if other:
+        raise ValueError(
+            f"{path}: the generators were pre-trained with intensity rules {other}; translation maps the output back "
+            "with the MRI rule only (z-score statistics of the input), so it supports MRI-only generators."
+        )
     return state
 
 

@@ -82,6 +82,17 @@ def _read_header(path: str) -> _Header:
     return _Header(tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=float), zooms)
 
 
+def _channel_problem(shape: Sequence[int], channels: Any, key: str) -> str | None:
+    """What is wrong with the channel index of a multi-channel file (``None`` when nothing is)."""
+    n = int(shape[3]) if len(shape) > 3 else 1
+    index = channels.get(key) if isinstance(channels, Mapping) else None
+    if index is None:
+        return None if n == 1 else f"{n} channels (shape {tuple(shape)}) but the record gives no channel index"
+    if not 0 <= int(index) < n:
+        return f"channel index {index} out of range for {n} channel(s)"
+    return None
+
+
 def _voxel_stats(path: str, is_label: bool) -> dict[str, Any]:
     st = os.stat(path)
     cache_key = (os.path.abspath(path), int(st.st_size), int(st.st_mtime_ns))
@@ -110,6 +121,7 @@ def validate_records(
     check_geometry: bool = True,
     min_subjects: int = 1,
     what: str = "records",
+    resampled_keys: Sequence[str] = (),
 ) -> DatasetSummary:
     """
     Check every record a workflow will use and report all problems at once.
@@ -117,7 +129,9 @@ def validate_records(
     Checks: a record is a dict with every key of ``image_keys`` (and ``label_key`` when given); each file exists,
     is not empty and is a readable image; the images and label of a subject share shape and affine (when
     ``check_geometry``); no NaN/inf voxels and no truncated data (when ``check_voxels``); label values are integers
-    in ``label_map`` (0 always allowed); at least ``min_subjects`` records.
+    in ``label_map`` (0 always allowed); at least ``min_subjects`` records. A multi-channel (4-D) file needs its
+    channel index in the record's ``channels`` map (``{"flair": 0}``), within range. Keys in ``resampled_keys``
+    (resampled onto another key's grid by the transforms, ``resample_to``) are exempt from the geometry check.
 
     Returns:
         a summary (subjects, shapes, spacings, intensity ranges per key, label values).
@@ -151,7 +165,11 @@ def validate_records(
                 headers[(i, key)] = _read_header(path)
             except ValueError as e:
                 problems.append(f"subject {subject}, key '{key}', file {path}: {e}")
-        present = [k for k in keys if (i, k) in headers]
+                continue
+            problem = _channel_problem(headers[(i, key)].shape, record.get("channels"), key)
+            if problem:
+                problems.append(f"subject {subject}, key '{key}', file {path}: {problem}")
+        present = [k for k in keys if (i, k) in headers and k not in resampled_keys]
         if check_geometry and len(present) > 1:
             ref = headers[(i, present[0])]
             for key in present[1:]:
@@ -167,7 +185,7 @@ def validate_records(
                         f"(max difference {np.abs(h.affine - ref.affine).max():.3g}); co-register or resample first"
                     )
         summary.n_subjects += 1
-        for key in present:
+        for key in (k for k in keys if (i, k) in headers):
             summary.shapes.add(headers[(i, key)].shape)
             summary.spacings.add(tuple(round(z, 4) for z in headers[(i, key)].spacing))
     if check_voxels:  # pass 2: voxels of the files whose header is fine

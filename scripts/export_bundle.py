@@ -42,7 +42,7 @@ FOLDERS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
 )
 TEST_FOLDER = ("tests", ("*.py", "*.json", "*.ini"), True)
 #: never exported, whatever the patterns say: run products at the top level, caches and hidden items anywhere
-EXCLUDED_TOP_DIRS = frozenset({"data", "outputs", "eval", "models", "dist", "build"})
+EXCLUDED_TOP_DIRS = frozenset({"data", "outputs", "eval", "models", "dist", "build", "cache"})
 EXCLUDED_DIRS = frozenset({"__pycache__", ".git", ".ruff_cache", ".pytest_cache", ".benchmarks", ".ci"})
 EXCLUDED_FILES = ("*.pyc", "*.pyo", ".*", "*~", "*.swp")
 
