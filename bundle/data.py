@@ -28,6 +28,7 @@ __all__ = [
     "datalist_images",
     "file_stem",
     "load_datalist",
+    "read_json",
     "require_file",
     "require_records",
     "resolve_path",
@@ -79,6 +80,24 @@ def subject_id(record: dict[str, Any], keys: Sequence[str]) -> str:
     return name
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """
+    The content of a JSON file (a datalist).
+
+    Raises:
+        FileNotFoundError: naming the file.
+        ValueError: malformed JSON, naming the file, line and column.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"datalist not found: {os.path.abspath(path)}")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+
+
 def load_datalist(
     data_list_file_path: str | os.PathLike,
     dataset_dir: str | os.PathLike,
@@ -96,13 +115,7 @@ def load_datalist(
         ValueError: malformed JSON, no ``training`` list, or a record without one of ``keys``.
     """
     path = os.fspath(data_list_file_path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"datalist not found: {path}")
-    with open(path) as f:
-        try:
-            content = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    content = read_json(path)
     if not isinstance(content, dict) or ("training" in sections and not isinstance(content.get("training"), list)):
         raise ValueError(f"{path}: a datalist needs a 'training' list of records.")
     problems: list[str] = []
@@ -192,7 +205,16 @@ def cached_dataset(
     if cache == "disk":
         if not cache_dir:
             raise ValueError("cache 'disk' needs a cache_dir (e.g. --cache_dir /scratch/multi_condos_cache).")
-        return PersistentDataset(data, transform, cache_dir=os.fspath(cache_dir), hash_transform=json_hashing)
+        # track_meta keeps the metadata (spacing for HD95, file names) of cached volumes; reading MetaTensors back
+        # needs weights_only=False, acceptable for files this dataset wrote itself
+        return PersistentDataset(
+            data,
+            transform,
+            cache_dir=os.fspath(cache_dir),
+            hash_transform=json_hashing,
+            track_meta=True,
+            weights_only=False,
+        )
     if cache == "none":
         return Dataset(data, transform)
     raise ValueError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}.")

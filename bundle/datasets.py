@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from .data import read_json
+
 __all__ = [
     "DETECTABLE_LAYOUTS",
     "LABEL_CONVENTIONS",
@@ -673,13 +675,7 @@ def datalist_label_convention(data_list_file_path: str | os.PathLike) -> dict[st
             hand-written one): then ``--label_map`` must be set instead.
     """
     path = os.fspath(data_list_file_path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"datalist not found: {os.path.abspath(path)}")
-    with open(path) as f:
-        try:
-            content = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    content = read_json(path)
     conv = content.get("label_convention") if isinstance(content, dict) else None
     if isinstance(conv, str) and conv in LABEL_CONVENTIONS:
         spec = LABEL_CONVENTIONS[conv]

@@ -50,7 +50,7 @@ SETTINGS = {
 
 
 def _rss_mb() -> float:
-    """Current resident set size of this process (Linux ``/proc``), MB."""
+    """Current resident set size of this process (Linux ``/proc``), MiB."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -85,7 +85,7 @@ def _tensor_bytes(items: Iterable[Any]) -> int:
 
 
 def measure(config: str, dataset_dir: str, datalist: str, overrides: dict[str, Any]) -> dict[str, float]:
-    """Build ``train#dataset`` of ``config`` + the BraTS preset; cache bytes and RSS growth, MB."""
+    """Build ``train#dataset`` of ``config`` + the BraTS preset; cache bytes and RSS growth, MiB."""
     from monai.bundle import ConfigWorkflow
 
     work = tempfile.mkdtemp(prefix="cache_bench_run_")
@@ -136,8 +136,8 @@ def benchmark(subjects: int = 10, work_dir: str | None = None, keep: bool = Fals
                 row = {"workflow": config, "setting": name, **result}
                 n = row["subjects"]
                 print(
-                    f"{what}, {name}: cache {row['cache_mb'] / n:.1f} MB/subject = {row['cache_mb'] / n * 100 / 1024:.2f}"
-                    f" GB per 100 subjects (RSS growth {row['rss_mb'] / n:.1f} MB/subject over {n} subjects)",
+                    f"{what}, {name}: cache {row['cache_mb'] / n:.1f} MiB/subject = {row['cache_mb'] / n * 100 / 1024:.2f}"
+                    f" GiB per 100 subjects (RSS growth {row['rss_mb'] / n:.1f} MiB/subject over {n} subjects)",
                     flush=True,
                 )
                 rows.append(row)
