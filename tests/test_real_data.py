@@ -203,6 +203,12 @@ def test_pretrain_finetune_inference_on_a_brats_folder(datasets: dict, tmp_path:
         [config_path("train.yaml"), config_path("brats.yaml")], {**finetune, "output_dir": str(tmp_path / "t")}
     )
     assert (tmp_path / "models" / "model.pt").is_file()
+    run_workflow(
+        [config_path("train.yaml"), config_path("evaluate.yaml"), config_path("brats.yaml")],
+        {**finetune, "output_dir": str(tmp_path / "e")},
+    )
+    rows = (tmp_path / "e" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("BraTS20_Training_")  # the one testing subject, by file name
     out_dir = tmp_path / "inference"
     run_workflow(
         [config_path("inference.yaml"), config_path("brats.yaml")],
