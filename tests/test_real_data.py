@@ -118,6 +118,9 @@ def test_fine_tuning_region_through_the_label_convention(
     batch = next(iter(wf.parser.get_parsed_content("train#dataloader")))
     assert batch["image"].shape == batch["label"].shape == (4, 1, 32, 32)
     assert set(torch.unique(batch["label"]).tolist()) <= {0.0, 1.0}
+    cached = wf.parser.get_parsed_content("train#dataset")._cache[0]
+    assert cached["image"].dtype == torch.float16 and cached["label"].dtype == torch.uint8
+    assert cached["image"].shape == (1, 32, 32, 12)  # cropped in-plane only: every axial slice stays
     assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
     # validation: whole volumes (not cropped), the channel of a 4-D MSD file
     val = next(iter(wf.parser.get_parsed_content("validate#dataloader")))
