@@ -13,6 +13,7 @@ import logging
 import os
 import zlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,9 @@ from .data import file_stem
 __all__ = ["DataProblems", "summary_text", "validate_records"]
 
 logger = logging.getLogger("multi_condos")
+
+#: threads reading voxels in the data check (decompressing NIfTI files is most of a real dataset's check)
+VOXEL_CHECK_THREADS = min(8, os.cpu_count() or 1)
 
 #: per-file voxel statistics, keyed by (path, size, mtime_ns): a file is read once per process
 _VOXEL_CACHE: dict[tuple[str, int, int], dict[str, Any]] = {}
@@ -188,12 +192,16 @@ def validate_records(
         for key in (k for k in keys if (i, k) in headers):
             summary.shapes.add(headers[(i, key)].shape)
             summary.spacings.add(tuple(round(z, 4) for z in headers[(i, key)].spacing))
-    if check_voxels:  # pass 2: voxels of the files whose header is fine
-        for i, key in headers:
+    if check_voxels:  # pass 2: voxels of the files whose header is fine, read by threads (zlib releases the GIL)
+        with ThreadPoolExecutor(max_workers=VOXEL_CHECK_THREADS) as pool:
+            futures = {
+                (i, key): pool.submit(_voxel_stats, str(records[i][key]), key == label_key) for i, key in headers
+            }
+        for (i, key), future in futures.items():  # in record order: the report does not depend on the threads
             record, subject = records[i], _subject(records[i], keys, i)
             path, is_label = str(record[key]), key == label_key
             try:
-                stats = _voxel_stats(path, is_label)
+                stats = future.result()
             except ValueError as e:
                 problems.append(f"subject {subject}, key '{key}', file {path}: {e}")
                 continue
