@@ -9,6 +9,8 @@ in-process through ``monai.bundle.ConfigWorkflow``).
     python scripts/benchmark.py --output_dir /tmp/bench --seeds "[0,1,2]" --fractions "[0.05,0.1,0.5,1.0]"
     python scripts/benchmark.py --output_dir /tmp/bench --dataset_dir D --data_list_file_path D/datalist.json \\
         --modalities "['flair','t2']" --pretrain_overrides "{'image_size': 160}" --finetune_overrides "{'image_size': 160}"
+    python scripts/benchmark.py --output_dir /tmp/bench --dataset_dir D --data_list_file_path D/datalist.json \\
+        --modalities "['flair','t2']" --preset brats
 
 For each pre-training variant (``multi_condos`` and the ablations ``no_contrastive``, ``no_sharing``,
 ``pix2pix_only``, ``cyclegan_only``) one pre-training (seed 0) is run and reused for every fraction and seed; each
@@ -351,9 +353,19 @@ class BundleRunner:
     raises ``RuntimeError`` with the end of its log.
     """
 
-    def __init__(self, root: str = ROOT, verbose: bool = False) -> None:
+    def __init__(self, root: str = ROOT, verbose: bool = False, preset: str | None = None) -> None:
         self.root = root
         self.verbose = verbose
+        self.presets = [] if not preset else [self._preset_file(preset)]
+
+    def _preset_file(self, preset: str) -> str:
+        """``brats``, ``brats.yaml`` or a path: the preset config merged on top of every workflow."""
+        path = (
+            preset if os.path.isfile(preset) else self._config(preset if preset.endswith(".yaml") else f"{preset}.yaml")
+        )
+        if not os.path.isfile(path):
+            raise BenchmarkError(f"preset not found: {preset} (e.g. brats, hecktor or a path to a yaml file).")
+        return path
 
     def _config(self, name: str) -> str:
         return os.path.join(self.root, "configs", name)
@@ -361,6 +373,7 @@ class BundleRunner:
     def _run(self, config_file: Any, overrides: Mapping[str, Any], run_id: str, log_file: str) -> Any:
         from monai.bundle import ConfigWorkflow
 
+        config_files = [*(config_file if isinstance(config_file, list) else [config_file]), *self.presets]
         os.makedirs(os.path.dirname(log_file), exist_ok=True)
         with open(log_file, "a") as log:
             redirect = contextlib.ExitStack()
@@ -371,7 +384,7 @@ class BundleRunner:
             try:
                 with redirect:
                     wf = ConfigWorkflow(
-                        config_file=config_file,
+                        config_file=config_files,
                         meta_file=self._config("metadata.json"),
                         logging_file=self._config("logging.conf"),
                         workflow_type=None,
@@ -388,7 +401,7 @@ class BundleRunner:
                     raise
                 log.flush()
                 raise RuntimeError(
-                    f"{run_id} of {config_file} failed ({type(e).__name__}: {e}); log {log_file}:\n{_tail(log_file)}"
+                    f"{run_id} of {config_files} failed ({type(e).__name__}: {e}); log {log_file}:\n{_tail(log_file)}"
                 ) from e
             finally:
                 _detach_handlers(log)
@@ -1056,6 +1069,7 @@ def main(
     report_only: bool = False,
     threads: int | None = None,
     verbose: bool = False,
+    preset: str | None = None,
 ) -> None:
     """
     Run the label-efficiency benchmark (see the module docstring).
@@ -1075,6 +1089,8 @@ def main(
             invocation is still running, or to merge grids run separately into one output folder).
         threads: torch CPU threads (default: torch's choice; 1 can be faster on a CPU shared with other jobs).
         verbose: show the workflows' logs on the console (default: into each run's workflow.log).
+        preset: a dataset preset merged on top of every workflow, e.g. ``brats`` (configs/brats.yaml: image size,
+            intensity rules, region and paper-scale schedule; pass the matching --modalities).
     """
     command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
     if threads:
@@ -1093,7 +1109,7 @@ def main(
             quick=bool(quick),
             pretrain_overrides=pretrain_overrides,
             finetune_overrides=finetune_overrides,
-            runner=BundleRunner(verbose=bool(verbose)),
+            runner=BundleRunner(verbose=bool(verbose), preset=preset),
             dry_run=bool(dry_run),
             report_only=bool(report_only),
             command=command,

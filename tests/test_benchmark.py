@@ -313,3 +313,15 @@ def test_tiny_real_grid(tiny_dataset, tmp_path, capsys):
     assert "Epoch" in (out / "finetune" / "scratch" / "fraction_1_seed_0" / "workflow.log").read_text()
     for name in ("results.csv", "results.md", "label_efficiency.png", "progress.log"):
         assert (out / name).is_file()
+
+
+def test_preset_is_merged_on_top_of_every_workflow(tiny_dataset, tmp_path):
+    runner = bm.BundleRunner(preset="brats")
+    assert runner.presets == [os.path.join(str(ROOT), "configs", "brats.yaml")]
+    assert bm.BundleRunner(preset="configs/hecktor.yaml").presets[0].endswith("hecktor.yaml")
+    with pytest.raises(bm.BenchmarkError, match="preset not found: mri"):
+        bm.BundleRunner(preset="mri")
+    # the demo datalist has t1/t2: the preset's FLAIR/T2 pair shows that it was merged into the run
+    overrides = {"bundle_root": str(ROOT), **tiny_dataset, "ckpt_dir": str(tmp_path / "ckpt")}
+    with pytest.raises(RuntimeError, match=r"(?s)brats\.yaml'\] failed .*missing key\(s\) \['flair'\]"):
+        runner.pretrain(overrides, str(tmp_path / "log"))
