@@ -21,7 +21,9 @@ from .data import channel_of, train_val_split
 
 __all__ = [
     "ENCODER_BLOCKS",
+    "PREPROCESSING_KEYS",
     "SCRATCH_VALUES",
+    "check_pretrained_preprocessing",
     "check_schedule",
     "initialise_network",
     "input_key",
@@ -40,6 +42,9 @@ SCRATCH_VALUES = frozenset({"", "none", "null", "scratch"})
 #: ``BasicUNet`` blocks transferred with ``transfer: encoder``
 ENCODER_BLOCKS: tuple[str, ...] = ("conv_0", "down_1", "down_2", "down_3", "down_4")
 _SOURCES = ("g_ab", "g_ba")
+
+#: the preprocessing entries of ``generators.pt`` that fine-tuning must match
+PREPROCESSING_KEYS = ("intensity", "intensity_clip", "ct_window", "pet_range", "orientation", "spacing")
 
 
 def resolve_pretrained(pretrained_ckpt: str | None, default_ckpt: str | None = None) -> str | None:
@@ -78,7 +83,8 @@ def load_pretrained(
     Read the generator ``source`` (``g_ab``: modality A input; ``g_ba``: modality B) from a ``generators.pt``.
 
     Returns:
-        ``None`` for scratch, else ``{"path", "source", "network_args", "state_dict", "modalities"}``.
+        ``None`` for scratch, else ``{"path", "source", "network_args", "state_dict", "modalities",
+        "preprocessing"}`` (the pre-training's preprocessing of the source modality, as far as the file records it).
 
     Raises:
         ValueError: unknown ``source`` or a file that is not a generators file.
@@ -98,13 +104,58 @@ def load_pretrained(
         raise ValueError(
             f"{path}: not a generators file of pre-training (needs 'network_args' and '{source}', has {keys})."
         )
+    modalities = list(content.get("modalities", []))
+    preprocessing = {k: content[k] for k in PREPROCESSING_KEYS if k in content}
+    rules = preprocessing.pop("intensity", None)
+    if isinstance(rules, dict) and len(modalities) == 2:
+        preprocessing["intensity"] = rules.get(modalities[0 if source == "g_ab" else 1])
     return {
         "path": path,
         "source": source,
         "network_args": dict(content["network_args"]),
         "state_dict": content[source],
-        "modalities": list(content.get("modalities", [])),
+        "modalities": modalities,
+        "preprocessing": preprocessing,
     }
+
+
+def check_pretrained_preprocessing(init_state: dict[str, Any] | None, settings: dict[str, Any]) -> None:
+    """
+    Check that fine-tuning feeds the network its input as the pre-training fed the generator: the same intensity
+    rule (and its parameter), orientation and spacing. The method's point is that there is no domain shift between
+    the two stages, so a mismatch (e.g. a CT generator fine-tuned without the HECKTOR preset) is an error.
+    Entries the generators file does not record (files of bundle 0.1.0) are not compared.
+
+    Raises:
+        ValueError: naming each setting that differs, and how to fix it.
+    """
+    if init_state is None:
+        return
+    stored = dict(init_state.get("preprocessing") or {})
+    rule = stored.get("intensity", settings.get("intensity"))
+    compared = ["intensity", "orientation", "spacing"]
+    compared += {"mri": ["intensity_clip"], "ct": ["ct_window"], "pet": ["pet_range"]}.get(str(rule), [])
+    differ = [
+        f"{k}: pre-training {stored[k]!r}, fine-tuning {settings.get(k)!r}"
+        for k in compared
+        if k in stored and _as_plain(stored[k]) != _as_plain(settings.get(k))
+    ]
+    if differ:
+        raise ValueError(
+            f"{init_state['path']} was pre-trained with other preprocessing than this fine-tuning ("
+            + "; ".join(differ)
+            + "): use the same preset or ids as the pre-training (e.g. --config_file \"['configs/train.yaml',"
+            "'configs/hecktor.yaml']\"), or fine-tune from scratch."
+        )
+
+
+def _as_plain(value: Any) -> Any:
+    """Lists, tuples and numbers compared by value (YAML lists vs stored tuples, 5 vs 5.0)."""
+    if isinstance(value, (list, tuple)):
+        return [_as_plain(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def input_key(modalities: Sequence[str], source: str = "g_ab") -> str:

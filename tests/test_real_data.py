@@ -202,6 +202,15 @@ def test_pretrain_finetune_inference_on_a_brats_folder(datasets: dict, tmp_path:
     finetune = _overrides(
         dataset, tmp_path, ckpt_dir=str(tmp_path / "models"), pretrained_ckpt=str(generators), epoch_length=2
     )
+    # fine-tuning must preprocess its input as the pre-training did (no domain shift between the stages)
+    with pytest.raises(
+        SystemExit,
+        match=r"orientation: pre-training 'RAS', fine-tuning 'LPS'; intensity_clip: pre-training 5.0, fine-tuning 3.0",
+    ):
+        make_workflow(
+            [config_path("train.yaml"), config_path("brats.yaml")],
+            {**finetune, "intensity_clip": 3.0, "orientation": "LPS"},
+        )
     run_workflow(
         [config_path("train.yaml"), config_path("brats.yaml")], {**finetune, "output_dir": str(tmp_path / "t")}
     )
