@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.data.utils import json_hashing
 
@@ -23,12 +24,14 @@ __all__ = [
     "as_modality_pair",
     "cached_dataset",
     "channel_of",
+    "check_cache",
     "check_or_exit",
     "check_records",
     "datalist_images",
     "file_stem",
     "load_datalist",
     "read_json",
+    "read_torch_file",
     "require_file",
     "require_records",
     "resolve_path",
@@ -96,6 +99,19 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+
+
+def read_torch_file(path: str | os.PathLike, what: str, map_location: Any = "cpu") -> Any:
+    """
+    ``torch.load(path, weights_only=True)`` of a file the bundle wrote (``what`` names it in the error).
+
+    Raises:
+        ValueError: the file cannot be read (truncated, not a torch file, unsafe pickle), naming it.
+    """
+    try:
+        return torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    except Exception as e:  # unpickling / zip errors of a corrupt or foreign file
+        raise ValueError(f"{path}: cannot be read as {what} ({type(e).__name__}: {e}).") from e
 
 
 def load_datalist(
@@ -198,13 +214,10 @@ def cached_dataset(
     Raises:
         ValueError: an unknown ``cache``, a ``cache_rate`` outside [0, 1] or ``disk`` without ``cache_dir``.
     """
+    check_cache(cache, cache_rate, cache_dir)
     if cache == "memory":
-        if not 0.0 <= float(cache_rate) <= 1.0:
-            raise ValueError(f"cache_rate must be in [0, 1], got {cache_rate}.")
         return CacheDataset(data, transform, cache_rate=float(cache_rate), num_workers=num_workers)
     if cache == "disk":
-        if not cache_dir:
-            raise ValueError("cache 'disk' needs a cache_dir (e.g. --cache_dir /scratch/multi_condos_cache).")
         # track_meta keeps the metadata (spacing for HD95, file names) of cached volumes; reading MetaTensors back
         # needs weights_only=False, acceptable for files this dataset wrote itself
         return PersistentDataset(
@@ -215,9 +228,20 @@ def cached_dataset(
             track_meta=True,
             weights_only=False,
         )
-    if cache == "none":
-        return Dataset(data, transform)
-    raise ValueError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}.")
+    return Dataset(data, transform)
+
+
+def check_cache(cache: str, cache_rate: float = 1.0, cache_dir: str | os.PathLike | None = None) -> None:
+    """
+    Raises:
+        ValueError: an unknown ``cache``, a ``cache_rate`` outside [0, 1] or ``disk`` without ``cache_dir``.
+    """
+    if cache not in ("memory", "disk", "none"):
+        raise ValueError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}.")
+    if not 0.0 <= float(cache_rate) <= 1.0:
+        raise ValueError(f"cache_rate must be in [0, 1], got {cache_rate}.")
+    if cache == "disk" and not cache_dir:
+        raise ValueError("cache 'disk' needs a cache_dir (e.g. --cache_dir /scratch/multi_condos_cache).")
 
 
 def as_modality_pair(modalities: Sequence[str]) -> list[str]:

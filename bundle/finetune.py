@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from monai.networks.utils import copy_model_state
 from torch import nn
 
-from .data import channel_of, train_val_split
+from .data import channel_of, read_torch_file, train_val_split
 
 __all__ = [
     "ENCODER_BLOCKS",
@@ -95,10 +94,7 @@ def load_pretrained(
     path = resolve_pretrained(pretrained_ckpt, default_ckpt)
     if path is None:
         return None
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot be read as a generators file ({type(e).__name__}: {e}).") from e
+    content = read_torch_file(path, "a generators file")
     if not isinstance(content, dict) or source not in content or "network_args" not in content:
         keys = sorted(content) if isinstance(content, dict) else type(content).__name__
         raise ValueError(

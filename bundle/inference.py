@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-import torch
 from torch import nn
+
+from .data import read_torch_file
 
 __all__ = ["check_model_file", "output_label_values"]
 
@@ -31,10 +32,7 @@ def check_model_file(path: str | os.PathLike, network: nn.Module | None = None) 
         raise FileNotFoundError(f"{path} not found: fine-tune first (configs/train.yaml).")
     if network is None:
         return path
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot be read as a model state_dict ({type(e).__name__}: {e}).") from e
+    content = read_torch_file(path, "a model state_dict")
     state = content.get("model", content) if isinstance(content, Mapping) else content
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: not a model state_dict (got {type(content).__name__}).")  # noqa: TRY004 (a data error)

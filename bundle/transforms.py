@@ -63,15 +63,12 @@ def check_preprocessing(
     intensity: str | Mapping[str, str],
     resample_to: str | None = None,
     spacing: Sequence[float] | None = None,
-    cache: str = "memory",
-    cache_rate: float = 1.0,
 ) -> None:
     """
     Check the preprocessing settings of a config before anything is built.
 
     Raises:
-        ValueError: an unknown intensity rule, ``resample_to`` not one of ``keys``, ``spacing`` not three numbers,
-            an unknown ``cache`` or a ``cache_rate`` outside [0, 1].
+        ValueError: an unknown intensity rule, ``resample_to`` not one of ``keys`` or ``spacing`` not three numbers.
     """
     for key in keys:
         intensity_rule(intensity, key)
@@ -81,10 +78,6 @@ def check_preprocessing(
         isinstance(spacing, (str, bytes)) or not isinstance(spacing, Sequence) or len(spacing) != 3
     ):
         raise ValueError(f"spacing must be null or three numbers in mm (<= 0 keeps an axis), got {spacing!r}.")
-    if cache not in ("memory", "disk", "none"):
-        raise ValueError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}.")
-    if not 0.0 <= float(cache_rate) <= 1.0:
-        raise ValueError(f"cache_rate must be in [0, 1], got {cache_rate}.")
 
 
 class ModalityIntensityd(MapTransform):

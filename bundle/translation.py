@@ -27,7 +27,7 @@ from monai.networks.nets import BasicUNet
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
-from .data import as_modality_pair
+from .data import as_modality_pair, read_torch_file
 
 __all__ = [
     "DIRECTIONS",
@@ -77,10 +77,7 @@ def load_generators(path: str | os.PathLike, map_location: str | torch.device = 
             "(python -m monai.bundle run training --config_file configs/pretrain.yaml), or point --ckpt_dir "
             "(or --generators_file) at the folder (file) it wrote."
         )
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # unpickling / zip errors of a corrupt or foreign file
-        raise ValueError(f"{path}: cannot be read as a generators.pt file ({type(e).__name__}: {e}).") from e
+    state = read_torch_file(path, "a generators.pt file", map_location)
     missing = [k for k in GENERATOR_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(

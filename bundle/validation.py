@@ -193,15 +193,15 @@ def validate_records(
             summary.shapes.add(headers[(i, key)].shape)
             summary.spacings.add(tuple(round(z, 4) for z in headers[(i, key)].spacing))
     if check_voxels:  # pass 2: voxels of the files whose header is fine, read by threads (zlib releases the GIL)
+        # one read per file: the modalities of a 4-D MSD file share it
+        files = {(str(records[i][key]), key == label_key) for i, key in headers}
         with ThreadPoolExecutor(max_workers=VOXEL_CHECK_THREADS) as pool:
-            futures = {
-                (i, key): pool.submit(_voxel_stats, str(records[i][key]), key == label_key) for i, key in headers
-            }
-        for (i, key), future in futures.items():  # in record order: the report does not depend on the threads
+            futures = {file: pool.submit(_voxel_stats, *file) for file in sorted(files)}
+        for i, key in headers:  # in record order: the report does not depend on the threads
             record, subject = records[i], _subject(records[i], keys, i)
             path, is_label = str(record[key]), key == label_key
             try:
-                stats = future.result()
+                stats = futures[(path, is_label)].result()
             except ValueError as e:
                 problems.append(f"subject {subject}, key '{key}', file {path}: {e}")
                 continue

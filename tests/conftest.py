@@ -27,25 +27,39 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"dataset_dir": str(root), "data_list_file_path": datalist}
 
 
+def tiny_overrides(dataset: dict[str, str], run_dir: Path, **kwargs) -> dict:
+    """
+    Overrides of a workflow config for a tiny run: ``dataset`` (``dataset_dir``, ``data_list_file_path``),
+    ``run_dir/ckpt`` and ``run_dir/out``, 32x32 slices, batch 2, 1 epoch of 1 iteration, ``TINY_NET``; ``kwargs`` win.
+    """
+    return {
+        "bundle_root": str(ROOT),
+        **dataset,
+        "ckpt_dir": str(run_dir / "ckpt"),
+        "output_dir": str(run_dir / "out"),
+        "image_size": 32,
+        "batch_size": 2,
+        "epochs": 1,
+        "epoch_length": 1,
+        **TINY_NET,
+        **kwargs,
+    }
+
+
 @pytest.fixture()
 def pretrain_overrides(tiny_dataset: dict[str, str], tmp_path: Path) -> dict:
     """Overrides of ``configs/pretrain.yaml`` for a 2-epoch, 2-iteration run on the tiny dataset."""
-    return {
-        "bundle_root": str(ROOT),
-        **tiny_dataset,
-        "ckpt_dir": str(tmp_path / "ckpt"),
-        "output_dir": str(tmp_path / "out"),
-        "image_size": 32,
-        "batch_size": 2,
-        "epochs": 2,
-        "epoch_length": 2,
-        "val_interval": 1,
-        "save_interval": 1,
-        "val_fraction": 0.25,
-        "val_slices_per_subject": 2,
-        "image_pool_size": 4,
-        **TINY_NET,
-    }
+    return tiny_overrides(
+        tiny_dataset,
+        tmp_path,
+        epochs=2,
+        epoch_length=2,
+        val_interval=1,
+        save_interval=1,
+        val_fraction=0.25,
+        val_slices_per_subject=2,
+        image_pool_size=4,
+    )
 
 
 def config_path(name: str) -> str:
@@ -80,20 +94,9 @@ def run_workflow(config_file, overrides: dict, workflow_type: str | None = None,
 def tiny_generators(tiny_dataset: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
     """A ``generators.pt`` from a real (1 epoch, 2 iterations) pre-training run on the tiny dataset."""
     root = tmp_path_factory.mktemp("tiny_pretrain")
-    overrides = {
-        "bundle_root": str(ROOT),
-        **tiny_dataset,
-        "ckpt_dir": str(root / "ckpt"),
-        "output_dir": str(root / "out"),
-        "image_size": 32,
-        "batch_size": 2,
-        "epochs": 1,
-        "epoch_length": 2,
-        "val_fraction": 0.25,
-        "val_slices_per_subject": 1,
-        "image_pool_size": 4,
-        **TINY_NET,
-    }
+    overrides = tiny_overrides(
+        tiny_dataset, root, epoch_length=2, val_fraction=0.25, val_slices_per_subject=1, image_pool_size=4
+    )
     run_workflow(config_path("pretrain.yaml"), overrides, run_id="training")
     return str(root / "ckpt" / "generators.pt")
 

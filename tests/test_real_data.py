@@ -25,7 +25,7 @@ from bundle.transforms import (
     background_value,
     check_preprocessing,
 )
-from conftest import ROOT, TINY_NET, config_path, make_workflow, run_workflow
+from conftest import TINY_NET, config_path, make_workflow, run_workflow, tiny_overrides
 
 PRESET = {"brats2021": "brats.yaml", "brats2023": "brats.yaml", "msd": "brats.yaml", "hecktor": "hecktor.yaml"}
 MAKERS = {
@@ -48,25 +48,10 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, st
     return out
 
 
-def _overrides(dataset: dict[str, str], tmp_path: Path, **kwargs) -> dict:
-    return {
-        "bundle_root": str(ROOT),
-        **dataset,
-        "ckpt_dir": str(tmp_path / "ckpt"),
-        "output_dir": str(tmp_path / "out"),
-        "image_size": 32,
-        "batch_size": 2,
-        "epochs": 1,
-        "epoch_length": 1,
-        **TINY_NET,
-        **kwargs,
-    }
-
-
 @pytest.mark.parametrize("layout", list(MAKERS))
 def test_one_batch_of_paired_slices_per_layout(layout: str, datasets: dict, tmp_path: Path) -> None:
     wf = make_workflow(
-        [config_path("pretrain.yaml"), config_path(PRESET[layout])], _overrides(datasets[layout], tmp_path)
+        [config_path("pretrain.yaml"), config_path(PRESET[layout])], tiny_overrides(datasets[layout], tmp_path)
     )
     keys = wf.parser.get_parsed_content("modality_keys")
     assert keys == (["ct", "pet"] if layout == "hecktor" else ["flair", "t2"])
@@ -87,7 +72,7 @@ def test_one_batch_of_paired_slices_per_layout(layout: str, datasets: dict, tmp_
 
 def test_ct_and_pet_background_is_minus_one_and_the_air_is_cropped(datasets: dict, tmp_path: Path) -> None:
     wf = make_workflow(
-        [config_path("pretrain.yaml"), config_path("hecktor.yaml")], _overrides(datasets["hecktor"], tmp_path)
+        [config_path("pretrain.yaml"), config_path("hecktor.yaml")], tiny_overrides(datasets["hecktor"], tmp_path)
     )
     item = wf.parser.get_parsed_content("train#dataset")._cache[0]
     ct, pet, mask = item["ct"].float(), item["pet"].float(), item["foreground"].bool()
@@ -101,7 +86,7 @@ def test_different_grids_are_an_input_error_without_resample_to(datasets: dict, 
     with pytest.raises(SystemExit, match="differs from 'ct'"):
         make_workflow(
             [config_path("pretrain.yaml"), config_path("hecktor.yaml")],
-            _overrides(datasets["hecktor"], tmp_path, resample_to="$None"),
+            tiny_overrides(datasets["hecktor"], tmp_path, resample_to="$None"),
         )
 
 
@@ -111,7 +96,7 @@ def test_different_grids_are_an_input_error_without_resample_to(datasets: dict, 
 def test_fine_tuning_region_through_the_label_convention(
     layout: str, region: str, expected: dict, datasets: dict, tmp_path: Path
 ) -> None:
-    overrides = _overrides(datasets[layout], tmp_path, region=region, pretrained_ckpt="$None", batch_size=4)
+    overrides = tiny_overrides(datasets[layout], tmp_path, region=region, pretrained_ckpt="$None", batch_size=4)
     overrides.update(samples_per_subject=2)
     wf = make_workflow([config_path("train.yaml"), config_path("brats.yaml")], overrides)
     assert wf.parser.get_parsed_content("label_map") == expected
@@ -194,12 +179,12 @@ def test_pretrain_finetune_inference_on_a_brats_folder(datasets: dict, tmp_path:
     dataset = datasets["brats2021"]
     run_workflow(
         [config_path("pretrain.yaml"), config_path("brats.yaml")],
-        _overrides(dataset, tmp_path, ckpt_dir=str(tmp_path / "models" / "pretrain"), epoch_length=2),
+        tiny_overrides(dataset, tmp_path, ckpt_dir=str(tmp_path / "models" / "pretrain"), epoch_length=2),
     )
     generators = tmp_path / "models" / "pretrain" / "generators.pt"
     state = torch.load(generators, weights_only=True)
     assert state["intensity"] == {"flair": "mri", "t2": "mri"} and state["orientation"] == "RAS"
-    finetune = _overrides(
+    finetune = tiny_overrides(
         dataset, tmp_path, ckpt_dir=str(tmp_path / "models"), pretrained_ckpt=str(generators), epoch_length=2
     )
     # fine-tuning must preprocess its input as the pre-training did (no domain shift between the stages)
