@@ -3,29 +3,40 @@
 """Multi-ConDoS bundle package: what MONAI lacks for the method (shared-block generators, projection head,
 image pool, the 2G/2D training step, translation validation, data helpers, public dataset layouts and the demo dataset)."""
 
-from . import (
+__version__ = "0.3.0"  # configs/metadata.json "version" (a test keeps them equal)
+
+from . import (  # noqa: E402 (after __version__, which the modules read)
     data,
     datasets,
     demo_data,
     distributed,
     evaluation,
+    files,
     finetune,
     handlers,
+    losses,
     networks,
+    preprocessing,
+    records,
     trainer,
     transforms,
     validation,
 )
 
 __all__ = [
+    "__version__",
     "data",
     "datasets",
     "demo_data",
     "distributed",
     "evaluation",
+    "files",
     "finetune",
     "handlers",
+    "losses",
     "networks",
+    "preprocessing",
+    "records",
     "trainer",
     "transforms",
     "validation",

@@ -27,6 +27,7 @@ __all__ = [
     "check_cache",
     "check_or_exit",
     "check_records",
+    "datalist_file",
     "datalist_images",
     "file_stem",
     "load_datalist",
@@ -191,10 +192,7 @@ def train_val_split(
 def cached_dataset(
     data: Sequence[Any],
     transform: Callable[..., Any],
-    cache: str = "memory",
-    cache_rate: float = 1.0,
-    cache_dir: str | os.PathLike | None = None,
-    num_workers: int | None = 1,
+    cache_args: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """
     The dataset of a config with the cache it asks for. Every cache keeps the deterministic transforms' output
@@ -204,6 +202,7 @@ def cached_dataset(
     Args:
         data: the records.
         transform: the transforms.
+        cache_args: ``cache``, ``cache_rate``, ``cache_dir``, ``num_workers`` (the configs' ``cache_args``):
         cache: ``memory`` (``CacheDataset``, ``cache_rate`` of the records in RAM), ``disk`` (``PersistentDataset``
             in ``cache_dir``, keyed by each record and the transforms, so a change of preprocessing misses the old
             cache instead of reusing it) or ``none`` (``Dataset``: everything is recomputed each time).
@@ -214,6 +213,9 @@ def cached_dataset(
     Raises:
         ValueError: an unknown ``cache``, a ``cache_rate`` outside [0, 1] or ``disk`` without ``cache_dir``.
     """
+    args = dict(cache_args or {})
+    cache, cache_rate = args.get("cache", "memory"), args.get("cache_rate", 1.0)
+    cache_dir, num_workers = args.get("cache_dir"), args.get("num_workers", 1)
     check_cache(cache, cache_rate, cache_dir)
     if cache == "memory":
         return CacheDataset(data, transform, cache_rate=float(cache_rate), num_workers=num_workers)
@@ -291,6 +293,20 @@ def require_records(records: Sequence[Any], section: str, data_list_file_path: s
         raise ValueError(f"{data_list_file_path}: no '{section}' records to run on.")
 
 
+def datalist_file(
+    data_list_file_path: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    demo_data_list_file_path: str | os.PathLike | None = None,
+) -> str:
+    """
+    ``data_list_file_path``, after generating the embedded demo dataset when it is the demo datalist and absent.
+    """
+    path = os.fspath(data_list_file_path)
+    if demo_data_list_file_path is not None and os.path.abspath(path) == os.path.abspath(demo_data_list_file_path):
+        ensure_demo_dataset(dataset_dir, path)
+    return path
+
+
 def datalist_images(
     data_list_file_path: str | os.PathLike,
     dataset_dir: str | os.PathLike,
@@ -307,9 +323,7 @@ def datalist_images(
         FileNotFoundError: the datalist or a file it names is missing.
         ValueError: malformed datalist, records without ``key``, or an empty ``section``.
     """
-    path = os.fspath(data_list_file_path)
-    if demo_data_list_file_path is not None and os.path.abspath(path) == os.path.abspath(demo_data_list_file_path):
-        ensure_demo_dataset(dataset_dir, path)
+    path = datalist_file(data_list_file_path, dataset_dir, demo_data_list_file_path)
     datalist = load_datalist(path, dataset_dir, [key], sections=(section,))
     records = [{"image": record[key], **channel_of(record, key)} for record in datalist[section]]
     if not records:

@@ -12,17 +12,18 @@ import math
 import os
 import random
 import re
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from PIL import Image
 
 from .networks import MultiConDoSGenerators
+from .records import fingerprint, save_generators, write_record
 
 __all__ = [
     "DivergenceGuard",
@@ -32,7 +33,6 @@ __all__ = [
     "ResumeFromCheckpoint",
     "TranslationPreviewHandler",
     "ValidationHistoryHandler",
-    "atomic_torch_save",
     "check_finite",
     "engine_state_objects",
     "latest_checkpoint",
@@ -41,48 +41,33 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: never a truncated ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 class GeneratorExportHandler:
     """
-    Write ``generators.pt`` (the ``BasicUNet`` state dicts of G_AB and G_BA, their constructor arguments, the
-    shared blocks, the modality pair and the epoch) every ``save_interval`` epochs and when training completes.
-    Fine-tuning builds its segmentation network from the stored constructor arguments.
+    Write ``generators.pt`` (the ``BasicUNet`` state dicts of G_AB and G_BA) and its record ``generators.json``
+    (``bundle.records``: constructor arguments, shared blocks, the preprocessing, the training settings and epoch)
+    every ``save_interval`` epochs and when training completes. Fine-tuning and translation read both.
 
     Args:
-        generators: the generator pair.
+        generators: the generator pair (possibly DDP-wrapped).
         filepath: where to write (atomically).
-        modalities: the modality keys [A, B], stored for fine-tuning and translation.
+        preprocessing: the preprocessing record (``bundle.records.preprocessing_record``).
+        settings: the run's settings (their fingerprint is recorded too).
         save_interval: epochs between exports; 0 exports only at the end.
-        extra: more entries to store (e.g. the preprocessing settings).
     """
 
     def __init__(
         self,
         generators: MultiConDoSGenerators,
         filepath: str,
-        modalities: list[str] | tuple[str, ...] = (),
+        preprocessing: Mapping[str, Any],
+        settings: Mapping[str, Any] | None = None,
         save_interval: int = 0,
-        extra: dict[str, Any] | None = None,
     ) -> None:
         self.generators = generators
         self.filepath = filepath
-        self.modalities = list(modalities)
+        self.preprocessing = dict(preprocessing)
+        self.settings = dict(settings or {})
         self.save_interval = int(save_interval)
-        self.extra = dict(extra or {})
 
     def attach(self, engine: Engine) -> None:
         if self.save_interval > 0:
@@ -91,10 +76,35 @@ class GeneratorExportHandler:
 
     def __call__(self, engine: Engine) -> None:
         generators = getattr(self.generators, "module", self.generators)  # unwrap DDP
-        state = generators.export_state()
-        state.update({"modalities": self.modalities, "epoch": int(engine.state.epoch), **self.extra})
-        atomic_torch_save(state, self.filepath)
-        logger.info(f"saved generators (epoch {engine.state.epoch}) to {self.filepath}")
+        record = {
+            "network": generators.network_record(),
+            "preprocessing": self.preprocessing,
+            "training": {
+                "workflow": "pretrain",
+                "settings": self.settings,
+                "fingerprint": fingerprint(self.settings),
+                "epoch": int(engine.state.epoch),
+                "iteration": int(engine.state.iteration),
+            },
+        }
+        save_generators(generators.export_state(), self.filepath, record)
+        logger.info(f"saved generators (epoch {engine.state.epoch}) to {self.filepath} and its record")
+
+
+class _RecordingSaver(BaseSaveHandler):
+    """An ignite save handler that writes the weights through ``saver`` and then their record (``on_saved``)."""
+
+    def __init__(self, saver: BaseSaveHandler, on_saved: Any) -> None:
+        self.saver = saver
+        self.on_saved = on_saved
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        self.saver(checkpoint, filename, metadata)
+        fixed = getattr(self.saver, "filename", None)  # MONAI's saver of key_metric_filename ignores ``filename``
+        self.on_saved(os.path.join(self.saver.dirname, fixed or filename))
+
+    def remove(self, filename: str) -> None:
+        self.saver.remove(filename)
 
 
 class EngineCheckpointSaver(CheckpointSaver):
@@ -109,19 +119,47 @@ class EngineCheckpointSaver(CheckpointSaver):
     - it writes atomically (temporary file in the same folder, then ``os.replace``): MONAI 1.6.1 passes
       ``atomic=False`` to ignite's ``DiskSaver``, so a kill during a save could leave a truncated file;
     - it does not save when the run fails (MONAI saves the "final" checkpoint on any exception): a crashed or
-      diverged state is not a complete checkpoint, and the last interval checkpoint must stay the latest.
+      diverged state is not a complete checkpoint, and the last interval checkpoint must stay the latest;
+    - with ``record`` (``bundle.records``), each key-metric save (``model.pt``) writes the weights' record beside
+      them (``model.json``), with the epoch and the metric value of these weights: the same handler saves both.
     """
 
     def __init__(
-        self, *args: Any, engine_key: str | None = "trainer", engine_attrs: Sequence[str] = (), **kwargs: Any
+        self,
+        *args: Any,
+        engine_key: str | None = "trainer",
+        engine_attrs: Sequence[str] = (),
+        record: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.engine_key = engine_key
         self.engine_attrs = list(engine_attrs)
+        self.record = None if record is None else dict(record)
+        self._evaluator: Engine | None = None
         for name in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
             checkpoint = getattr(self, name, None)
             if checkpoint is not None:
                 checkpoint.save_handler._atomic = True  # see the class docstring
+        if self.record is not None and self._key_metric_checkpoint is not None:
+            self._key_metric_checkpoint.save_handler = _RecordingSaver(
+                self._key_metric_checkpoint.save_handler, self._write_record
+            )
+
+    def metrics_completed(self, engine: Engine) -> None:
+        self._evaluator = engine  # the record names the epoch and metric of the weights it describes
+        super().metrics_completed(engine)
+
+    def _write_record(self, weights_path: str) -> None:
+        record = dict(self.record or {})
+        training = dict(record.get("training") or {})
+        if self._evaluator is not None:
+            metric = getattr(self._evaluator.state, "key_metric_name", None)
+            training["epoch"] = int(self._evaluator.state.epoch)
+            if metric in self._evaluator.state.metrics:
+                training["metric"] = {"name": metric, "value": float(self._evaluator.state.metrics[metric])}
+        record["training"] = training
+        write_record(weights_path, record)
 
     def attach(self, engine: Engine) -> None:
         # the ignite ``Checkpoint`` objects hold this very dict, so these are saved from now on

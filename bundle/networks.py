@@ -181,13 +181,19 @@ class MultiConDoSGenerators(nn.Module):
         return [name for name, p in ab.items() if name in ba and ba[name] is p]
 
     def export_state(self) -> dict[str, Any]:
-        """The content of ``generators.pt``: plain ``BasicUNet`` state dicts and their constructor arguments."""
+        """The weights of ``generators.pt``: the plain ``BasicUNet`` state dicts of G_AB and G_BA."""
         return {
-            "network": "monai.networks.nets.BasicUNet",
-            "network_args": dict(self.network_args),
-            "shared_blocks": list(self.shared_blocks),
             "g_ab": {k: v.detach().cpu().clone() for k, v in self.g_ab.unet.state_dict().items()},
             "g_ba": {k: v.detach().cpu().clone() for k, v in self.g_ba.unet.state_dict().items()},
+        }
+
+    def network_record(self) -> dict[str, Any]:
+        """The network part of ``generators.json``: what rebuilds each generator (``BasicUNet(**args)`` + tanh)."""
+        return {
+            "target": "monai.networks.nets.BasicUNet",
+            "args": dict(self.network_args),
+            "output_activation": "tanh",
+            "shared_blocks": list(self.shared_blocks),
         }
 
     def forward(

@@ -6,7 +6,6 @@ moving them aside when asked to, and the checks of ``--resume``."""
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -14,7 +13,9 @@ import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .files import atomic_write_json
 from .handlers import latest_checkpoint
+from .records import fingerprint
 
 __all__ = ["RUN_CONFIG", "check_run_dir", "fingerprint", "previous_outputs", "start_run"]
 
@@ -25,11 +26,6 @@ RUN_CONFIG = "run_config.json"
 
 def _jsonable(settings: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(settings), sort_keys=True, default=str))
-
-
-def fingerprint(settings: Mapping[str, Any]) -> str:
-    """SHA-256 of the settings (JSON with sorted keys)."""
-    return hashlib.sha256(json.dumps(_jsonable(settings), sort_keys=True).encode()).hexdigest()
 
 
 def previous_outputs(ckpt_dir: str, outputs: Sequence[str], checkpoint_subdir: str = "checkpoints") -> list[str]:
@@ -129,9 +125,5 @@ def start_run(
         "resumed": bool(resume),
     }
     for folder in dict.fromkeys([ckpt_dir, output_dir]):
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{RUN_CONFIG}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=2)
-        os.replace(tmp, os.path.join(folder, RUN_CONFIG))
+        atomic_write_json(os.path.join(folder, RUN_CONFIG), record)
     return record["fingerprint"]

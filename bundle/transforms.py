@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, NormalizeIntensity, ResizeWithPadOrCrop, ScaleIntensityRange
+from monai.transforms import MapTransform, NormalizeIntensity, ResizeWithPadOrCrop, ScaleIntensityRange, Spacingd
 from monai.transforms.traits import RandomizableTrait
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "ModalityIntensityd",
     "ResizeWithBackgroundd",
     "SelectChanneld",
+    "SpacingWithExtrasd",
     "UncachedCastd",
     "background_value",
     "check_preprocessing",
@@ -127,6 +128,23 @@ class ModalityIntensityd(MapTransform):
             for transform in getattr(self, self.rules[key]):
                 d[key] = transform(d[key])
         return d
+
+
+class SpacingWithExtrasd(Spacingd):
+    """
+    MONAI ``Spacingd`` that tolerates non-metadata entries named ``<key>_*``: MONAI 1.6.1's ``Spacingd`` calls
+    ``.update()`` on every such entry of a NIfTI input, and MONAI Label adds ``image_path`` (a string) to the data,
+    which fails with ``AttributeError: 'str' object has no attribute 'update'``. Entries that are not dicts are set
+    aside during the call and restored after it. Takes ``Spacingd``'s arguments.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+        d = dict(data)
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], dict)}
+        out = super().__call__(d, lazy=lazy)
+        out.update(aside)
+        return out
 
 
 class SelectChanneld(MapTransform):

@@ -143,6 +143,7 @@ def build_trainer(batches: list[dict], **kwargs):
     from monai.losses import ContrastiveLoss, PatchAdversarialLoss
     from monai.networks.nets import PatchDiscriminator
 
+    from bundle.losses import multi_condos_loss
     from bundle.networks import MultiConDoSGenerators
     from bundle.trainer import MultiConDoSTrainer
 
@@ -156,6 +157,8 @@ def build_trainer(batches: list[dict], **kwargs):
             for k in ("d_a", "d_b")
         }
     )
+    loss_args = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("lambda_") or k == "contrastive_all_ranks"}
+    adversarial = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
     return MultiConDoSTrainer(
         device="cpu",
         max_epochs=1,
@@ -164,8 +167,8 @@ def build_trainer(batches: list[dict], **kwargs):
         discriminators=discs,
         g_optimizer=torch.optim.Adam(gens.parameters(), lr=kwargs.pop("lr", 2e-4), betas=(0.5, 0.999)),
         d_optimizer=torch.optim.Adam(discs.parameters(), lr=2e-4, betas=(0.5, 0.999)),
-        adversarial_loss=PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True),
-        contrastive_loss=ContrastiveLoss(temperature=0.5),
+        generator_loss=multi_condos_loss(adversarial, ContrastiveLoss(temperature=0.5), **loss_args),
+        adversarial_loss=adversarial,
         keys=("t1", "t2"),
         image_pool_size=4,
         **kwargs,

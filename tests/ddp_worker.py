@@ -21,6 +21,7 @@ from monai.losses import ContrastiveLoss, PatchAdversarialLoss  # noqa: E402
 from monai.networks.nets import PatchDiscriminator  # noqa: E402
 
 from bundle.distributed import setup, wrap  # noqa: E402
+from bundle.losses import multi_condos_loss  # noqa: E402
 from bundle.networks import DiscriminatorPair, MultiConDoSGenerators, unwrap  # noqa: E402
 from bundle.trainer import MultiConDoSTrainer  # noqa: E402
 from conftest import paired_batches  # noqa: E402
@@ -46,6 +47,7 @@ def main(out: str, steps: int = 2, global_batch: int = 4) -> None:
     batches = paired_batches(n_batches=steps, batch=global_batch)
     per_rank = global_batch // world
     local = [{k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in b.items()} for b in batches]
+    adversarial = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
     trainer = MultiConDoSTrainer(
         device="cpu",
         max_epochs=1,
@@ -54,14 +56,18 @@ def main(out: str, steps: int = 2, global_batch: int = 4) -> None:
         discriminators=discs,
         g_optimizer=g_opt,
         d_optimizer=d_opt,
-        adversarial_loss=PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True),
-        contrastive_loss=ContrastiveLoss(temperature=0.5),
+        generator_loss=multi_condos_loss(
+            adversarial,
+            ContrastiveLoss(temperature=0.5),
+            contrastive_all_ranks=True,
+            **{
+                f"lambda_{k}": float(v)
+                for k, v in (kv.split("=") for kv in os.environ.get("WEIGHTS", "").split(",") if kv)
+            },
+        ),
+        adversarial_loss=adversarial,
         keys=("t1", "t2"),
         image_pool_size=0,
-        contrastive_all_ranks=True,
-        **{
-            f"lambda_{k}": float(v) for k, v in (kv.split("=") for kv in os.environ.get("WEIGHTS", "").split(",") if kv)
-        },
     )
     trainer.run()
     state = {"generators": unwrap(gens).state_dict(), "discriminators": unwrap(discs).state_dict()}

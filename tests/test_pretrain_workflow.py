@@ -14,6 +14,7 @@ from monai.bundle import ConfigWorkflow
 from monai.networks.nets import BasicUNet
 from PIL import Image
 
+from bundle.records import load_generators
 from conftest import ROOT, config_path, make_workflow
 
 
@@ -36,10 +37,13 @@ def test_cli_pretraining_writes_checkpoints_generators_previews_and_metrics(pret
     assert {"generators", "discriminators", "g_optimizer", "d_optimizer", "g_lr_scheduler", "trainer"} <= set(full)
     assert full["trainer"]["iteration"] == 4 and full["trainer"]["epoch_length"] == 2
 
-    gens = torch.load(os.path.join(ckpt_dir, "generators.pt"))
-    assert gens["network_args"]["features"] == pretrain_overrides["features"]
-    assert gens["modalities"] == ["t1", "t2"] and gens["epoch"] == 2
-    net = BasicUNet(**gens["network_args"])
+    gens, record = load_generators(os.path.join(ckpt_dir, "generators.pt"))
+    assert sorted(torch.load(os.path.join(ckpt_dir, "generators.pt"))) == ["g_ab", "g_ba"]  # weights only
+    assert record["network"]["args"]["features"] == pretrain_overrides["features"]
+    assert record["preprocessing"]["modalities"] == ["t1", "t2"] and record["training"]["epoch"] == 2
+    assert record["preprocessing"]["image_size"] == [32, 32] and record["preprocessing"]["intensity"]["t2"] == "mri"
+    assert record["training"]["settings"]["lambda_pix2pix"] == 100.0
+    net = BasicUNet(**record["network"]["args"])
     net.load_state_dict(gens["g_ab"])  # strict: the stored arguments rebuild the same topology
 
     preview = Image.open(os.path.join(out_dir, "preview_epoch0002.png"))

@@ -159,19 +159,19 @@ def test_padding_uses_each_modality_background() -> None:
 def test_compact_cache_memory_and_disk(tmp_path: Path) -> None:
     records = [{"image": np.full((1, 4, 4, 3), i, np.float64)} for i in range(3)]
     transform = Compose([EnsureTyped("image", dtype=torch.float16, track_meta=False), UncachedCastd("image")])
-    memory = cached_dataset(records, transform, "memory")
+    memory = cached_dataset(records, transform, {"cache": "memory"})
     assert isinstance(memory, CacheDataset) and memory._cache[0]["image"].dtype == torch.float16  # compact cache
     assert memory[2]["image"].dtype == torch.float32 and float(memory[2]["image"].max()) == 2.0
-    disk = cached_dataset(records, transform, "disk", cache_dir=tmp_path / "cache")
+    disk = cached_dataset(records, transform, {"cache": "disk", "cache_dir": tmp_path / "cache"})
     assert [float(disk[i]["image"].max()) for i in range(3)] == [0.0, 1.0, 2.0]
     assert disk[0]["image"].dtype == torch.float32
     cached = [torch.load(f, weights_only=True) for f in sorted((tmp_path / "cache").glob("*.pt"))]
     assert len(cached) == 3 and all(c["image"].dtype == torch.float16 for c in cached)
-    assert cached_dataset(records, transform, "none")[1]["image"].dtype == torch.float32
+    assert cached_dataset(records, transform, {"cache": "none"})[1]["image"].dtype == torch.float32
     with pytest.raises(ValueError, match="needs a cache_dir"):
-        cached_dataset(records, transform, "disk")
+        cached_dataset(records, transform, {"cache": "disk"})
     with pytest.raises(ValueError, match="cache must be 'memory', 'disk' or 'none'"):
-        cached_dataset(records, transform, "ram")
+        cached_dataset(records, transform, {"cache": "ram"})
 
 
 def test_pretrain_finetune_inference_on_a_brats_folder(datasets: dict, tmp_path: Path) -> None:

@@ -1,0 +1,223 @@
+# Copyright (c) multi-condos contributors
+# Licensed under the Apache License, Version 2.0
+"""
+The Multi-ConDoS generator objective as one loss module: a weighted sum of named terms,
+
+    L_G = w_adv * L_adv + w_cyc * L_cycle + w_pix * L_pix2pix + w_con * L_contrastive + w_idt * L_identity,
+
+each term a small class that says which generator outputs it needs. The loss returns every term by name as a tensor
+(no host synchronisation: the trainer reads them every ``log_interval`` iterations). A term whose weight is 0 is
+neither computed nor returned (the paper's ablations). A new term is one class here plus one entry in the config's
+``generator_loss#terms`` and ``generator_loss#weights``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn as dist_nn
+from torch import nn
+
+__all__ = [
+    "AdversarialTerm",
+    "ContrastiveTerm",
+    "CycleTerm",
+    "GeneratorLoss",
+    "IdentityTerm",
+    "Pix2PixTerm",
+    "gather_with_grad",
+    "lsgan_discriminator_loss",
+    "multi_condos_loss",
+]
+
+#: generator outputs a term may ask for (``MultiConDoSGenerators.forward`` flags)
+OUTPUT_FLAGS: tuple[str, ...] = ("cycle", "identity", "project")
+
+
+class Term(nn.Module):
+    """A term of the generator objective. ``needs`` lists the ``OUTPUT_FLAGS`` it reads (besides ``fake_a/b``)."""
+
+    needs: tuple[str, ...] = ()
+
+    def forward(self, out: Mapping[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, **context: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class AdversarialTerm(Term):
+    """LSGAN generator loss of both directions: D_B judges G_AB(a), D_A judges G_BA(b); needs ``discriminators``
+    (unwrapped, frozen) in the context."""
+
+    def __init__(self, criterion: Callable) -> None:
+        super().__init__()
+        self.criterion = criterion
+
+    def forward(self, out, a, b, discriminators: nn.Module | None = None, **context: Any) -> torch.Tensor:
+        if discriminators is None:
+            raise ValueError("the adversarial term needs the discriminators.")
+        logits_a, logits_b = discriminators(out["fake_a"], out["fake_b"])
+        return self.criterion(logits_b, target_is_real=True, for_discriminator=False) + self.criterion(
+            logits_a, target_is_real=True, for_discriminator=False
+        )
+
+
+class CycleTerm(Term):
+    """CycleGAN's cycle consistency, ``|G_BA(G_AB(a)) - a| + |G_AB(G_BA(b)) - b|`` (L1)."""
+
+    needs = ("cycle",)
+
+    def __init__(self, criterion: Callable | None = None) -> None:
+        super().__init__()
+        self.criterion = criterion if criterion is not None else nn.L1Loss()
+
+    def forward(self, out, a, b, **context: Any) -> torch.Tensor:
+        return self.criterion(out["rec_a"], a) + self.criterion(out["rec_b"], b)
+
+
+class Pix2PixTerm(Term):
+    """Pix2Pix's paired L1 of co-registered slices, ``|G_AB(a) - b| + |G_BA(b) - a|``."""
+
+    def __init__(self, criterion: Callable | None = None) -> None:
+        super().__init__()
+        self.criterion = criterion if criterion is not None else nn.L1Loss()
+
+    def forward(self, out, a, b, **context: Any) -> torch.Tensor:
+        return self.criterion(out["fake_b"], b) + self.criterion(out["fake_a"], a)
+
+
+class IdentityTerm(Term):
+    """CycleGAN's identity loss, ``|G_AB(b) - b| + |G_BA(a) - a|`` (off in the paper)."""
+
+    needs = ("identity",)
+
+    def __init__(self, criterion: Callable | None = None) -> None:
+        super().__init__()
+        self.criterion = criterion if criterion is not None else nn.L1Loss()
+
+    def forward(self, out, a, b, **context: Any) -> torch.Tensor:
+        return self.criterion(out["idt_b"], b) + self.criterion(out["idt_a"], a)
+
+
+class ContrastiveTerm(Term):
+    """
+    The multimodal contrastive loss (NT-Xent, e.g. MONAI ``ContrastiveLoss``) on the projected shared-bottleneck
+    features of the same slice in the two modalities (positives) against the other samples (negatives).
+
+    Args:
+        criterion: ``(z_a, z_b) -> loss``.
+        all_ranks: in a distributed run, draw negatives from every rank's batch (``gather_with_grad``).
+    """
+
+    needs = ("project",)
+
+    def __init__(self, criterion: Callable, all_ranks: bool = False) -> None:
+        super().__init__()
+        self.criterion = criterion
+        self.all_ranks = bool(all_ranks)
+
+    def forward(self, out, a, b, **context: Any) -> torch.Tensor:
+        z_a, z_b = out["z_a"].float(), out["z_b"].float()
+        if z_a.shape[0] < 2:
+            raise ValueError("the contrastive loss needs batches of at least 2 subjects (in-batch negatives).")
+        if self.all_ranks:
+            z_a, z_b = gather_with_grad(z_a), gather_with_grad(z_b)
+        return self.criterion(z_a, z_b)
+
+
+class GeneratorLoss(nn.Module):
+    """
+    The weighted sum of named terms. ``forward`` returns ``{name: term}`` for every term of non-zero weight plus
+    ``"g_total"``, all tensors.
+
+    Args:
+        terms: ``{name: Term}``.
+        weights: ``{name: weight >= 0}``; a term of weight 0 (or absent) is switched off.
+
+    Raises:
+        ValueError: a negative weight, a weight without a term, or every weight 0.
+    """
+
+    def __init__(self, terms: Mapping[str, Term], weights: Mapping[str, float]) -> None:
+        super().__init__()
+        weights = {name: float(w) for name, w in weights.items()}
+        for name, w in weights.items():
+            if w < 0:
+                raise ValueError(f"lambda_{name} must be >= 0, got {w}.")
+            if w > 0 and name not in terms:
+                raise ValueError(f"generator_loss: a weight for '{name}' but no such term (terms: {sorted(terms)}).")
+        if not any(weights.values()):
+            raise ValueError("all loss weights are 0: nothing to train.")
+        self.weights = {name: w for name, w in weights.items() if w > 0}
+        self.terms = nn.ModuleDict({name: terms[name] for name in self.weights})
+
+    def output_flags(self) -> dict[str, bool]:
+        """The ``MultiConDoSGenerators.forward`` flags the active terms need."""
+        needed = {flag for term in self.terms.values() for flag in term.needs}
+        return {flag: flag in needed for flag in OUTPUT_FLAGS}
+
+    def uses(self, name: str) -> bool:
+        """Whether term ``name`` is on (non-zero weight)."""
+        return name in self.weights
+
+    def forward(
+        self, out: Mapping[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, **context: Any
+    ) -> dict[str, torch.Tensor]:
+        values = {name: term(out, a, b, **context) for name, term in self.terms.items()}
+        values["g_total"] = sum(self.weights[name] * value for name, value in values.items())
+        return values
+
+
+def multi_condos_loss(
+    adversarial_loss: Callable,
+    contrastive_loss: Callable | None = None,
+    l1_loss: Callable | None = None,
+    lambda_adversarial: float = 1.0,
+    lambda_cycle: float = 10.0,
+    lambda_pix2pix: float = 100.0,
+    lambda_contrastive: float = 1.0,
+    lambda_identity: float = 0.0,
+    contrastive_all_ranks: bool = False,
+) -> GeneratorLoss:
+    """The paper's objective with its five terms (what ``configs/pretrain.yaml``'s ``generator_loss`` declares)."""
+    l1 = l1_loss if l1_loss is not None else nn.L1Loss()
+    terms: dict[str, Term] = {
+        "adversarial": AdversarialTerm(adversarial_loss),
+        "cycle": CycleTerm(l1),
+        "pix2pix": Pix2PixTerm(l1),
+        "identity": IdentityTerm(l1),
+    }
+    if contrastive_loss is not None:
+        terms["contrastive"] = ContrastiveTerm(contrastive_loss, contrastive_all_ranks)
+    weights = {
+        "adversarial": lambda_adversarial,
+        "cycle": lambda_cycle,
+        "pix2pix": lambda_pix2pix,
+        "contrastive": lambda_contrastive,
+        "identity": lambda_identity,
+    }
+    return GeneratorLoss(terms, weights)
+
+
+def lsgan_discriminator_loss(criterion: Callable, logits: torch.Tensor, n_real: int) -> torch.Tensor:
+    """LSGAN loss of one discriminator on ``[real; fake]`` logits: ½[(D(real) − 1)² + D(fake)²]."""
+    real = criterion(logits[:n_real], target_is_real=True, for_discriminator=True)
+    fake = criterion(logits[n_real:], target_is_real=False, for_discriminator=True)
+    return 0.5 * (real + fake)
+
+
+_GATHER_GROUP: list = []
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """
+    Concatenate ``x`` of every rank (batch dimension), differentiably (the backward sums the gradients of all ranks);
+    ``x`` itself outside distributed runs. The collectives run in a process group of their own: on the default group
+    they would interleave with DDP's asynchronous gradient all-reduce during the backward and mix up the data.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    if not _GATHER_GROUP:
+        _GATHER_GROUP.append(dist.new_group())
+    return torch.cat(dist_nn.all_gather(x, group=_GATHER_GROUP[0]), dim=0)
