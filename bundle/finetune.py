@@ -16,14 +16,17 @@ import numpy as np
 from monai.networks.utils import copy_model_state
 from torch import nn
 
-from .data import channel_of, read_torch_file, train_val_split
+from .data import channel_of, train_val_split
+from .records import SEGMENTATION_KIND, ModelSource, load_generators, read_record
 
 __all__ = [
     "ENCODER_BLOCKS",
-    "PREPROCESSING_KEYS",
+    "GENERATOR_STRICT_IDS",
     "SCRATCH_VALUES",
-    "check_pretrained_preprocessing",
     "check_schedule",
+    "continued_model",
+    "generator_source",
+    "init_summary",
     "initialise_network",
     "input_key",
     "load_pretrained",
@@ -31,6 +34,7 @@ __all__ = [
     "resolve_pretrained",
     "segmentation_records",
     "select_finetune_records",
+    "select_source",
     "write_selection",
 ]
 
@@ -42,8 +46,19 @@ SCRATCH_VALUES = frozenset({"", "none", "null", "scratch"})
 ENCODER_BLOCKS: tuple[str, ...] = ("conv_0", "down_1", "down_2", "down_3", "down_4")
 _SOURCES = ("g_ab", "g_ba")
 
-#: the preprocessing entries of ``generators.pt`` that fine-tuning must match
-PREPROCESSING_KEYS = ("intensity", "intensity_clip", "ct_window", "pet_range", "orientation", "spacing")
+#: the ids that must agree between a generator's record and the fine-tuning that starts from it (the method's point is
+#: that there is no domain shift between the two stages); the rest (image size, crop) is only inherited
+GENERATOR_STRICT_IDS: tuple[str, ...] = (
+    "modalities",
+    "intensity",
+    "intensity_clip",
+    "ct_window",
+    "pet_range",
+    "orientation",
+    "spacing",
+    "resample_to",
+    "features",
+)
 
 
 def resolve_pretrained(pretrained_ckpt: str | None, default_ckpt: str | None = None) -> str | None:
@@ -75,83 +90,71 @@ def resolve_pretrained(pretrained_ckpt: str | None, default_ckpt: str | None = N
     )
 
 
-def load_pretrained(
-    pretrained_ckpt: str | None, default_ckpt: str | None = None, source: str = "g_ab"
-) -> dict[str, Any] | None:
+def load_pretrained(pretrained_ckpt: str | None, default_ckpt: str | None = None) -> dict[str, Any] | None:
     """
-    Read the generator ``source`` (``g_ab``: modality A input; ``g_ba``: modality B) from a ``generators.pt``.
+    Read a ``generators.pt`` and its record (``bundle.records.load_generators``).
 
     Returns:
-        ``None`` for scratch, else ``{"path", "source", "network_args", "state_dict", "modalities",
-        "preprocessing"}`` (the pre-training's preprocessing of the source modality, as far as the file records it).
+        ``None`` for scratch, else ``{"path", "state": {"g_ab", "g_ba"}, "record"}``.
 
     Raises:
-        ValueError: unknown ``source`` or a file that is not a generators file.
+        ValueError: a file that is not a generators file, or whose record does not describe it.
         FileNotFoundError: see ``resolve_pretrained``.
     """
-    if source not in _SOURCES:
-        raise ValueError(f"source must be one of {list(_SOURCES)}, got {source!r}.")
     path = resolve_pretrained(pretrained_ckpt, default_ckpt)
     if path is None:
         return None
-    content = read_torch_file(path, "a generators file")
-    if not isinstance(content, dict) or source not in content or "network_args" not in content:
-        keys = sorted(content) if isinstance(content, dict) else type(content).__name__
-        raise ValueError(
-            f"{path}: not a generators file of pre-training (needs 'network_args' and '{source}', has {keys})."
-        )
-    modalities = list(content.get("modalities", []))
-    preprocessing = {k: content[k] for k in PREPROCESSING_KEYS if k in content}
-    rules = preprocessing.pop("intensity", None)
-    if isinstance(rules, dict) and len(modalities) == 2:
-        preprocessing["intensity"] = rules.get(modalities[0 if source == "g_ab" else 1])
+    state, record = load_generators(path)
+    return {"path": path, "state": state, "record": record}
+
+
+def generator_source(init_state: dict[str, Any] | None) -> ModelSource | None:
+    """The generator's record as a source of fine-tuning settings (``bundle.records.resolve_settings``)."""
+    if init_state is None:
+        return None
+    record = dict(init_state["record"])
+    record["preprocessing"] = dict(record.get("preprocessing") or {})
+    record["labels"] = {}
+    source = ModelSource(init_state["path"], record, GENERATOR_STRICT_IDS)
+    source.settings["features"] = list(record["network"]["args"]["features"])
+    return source
+
+
+def continued_model(model_file: str, inherit: bool = True) -> ModelSource | None:
+    """
+    The record of the segmentation model this run replaces or continues (MONAI Label's ``/train/`` loads
+    ``models/model.pt`` into the network), as a source that supplies the ids left null; ``None`` without one.
+    """
+    if not inherit or not os.path.isfile(model_file):
+        return None
+    record = read_record(model_file, SEGMENTATION_KIND)
+    if record is None:
+        return None
+    source = ModelSource(model_file, record, strict=())
+    logger.info(f"settings not given explicitly are taken from {source.name} (--inherit_model_record False: not)")
+    return source
+
+
+def select_source(init_state: dict[str, Any] | None, source: str = "g_ab") -> dict[str, Any] | None:
+    """The generator ``source`` of ``init_state`` as ``{"path", "source", "state_dict", "network_args"}``."""
+    if init_state is None:
+        return None
+    if source not in _SOURCES:
+        raise ValueError(f"source must be one of {list(_SOURCES)}, got {source!r}.")
     return {
-        "path": path,
+        "path": init_state["path"],
         "source": source,
-        "network_args": dict(content["network_args"]),
-        "state_dict": content[source],
-        "modalities": modalities,
-        "preprocessing": preprocessing,
+        "state_dict": init_state["state"][source],
+        "network_args": dict(init_state["record"]["network"]["args"]),
     }
 
 
-def check_pretrained_preprocessing(init_state: dict[str, Any] | None, settings: dict[str, Any]) -> None:
-    """
-    Check that fine-tuning feeds the network its input as the pre-training fed the generator: the same intensity
-    rule (and its parameter), orientation and spacing. The method's point is that there is no domain shift between
-    the two stages, so a mismatch (e.g. a CT generator fine-tuned without the HECKTOR preset) is an error.
-    Entries the generators file does not record (files of bundle 0.1.0) are not compared.
-
-    Raises:
-        ValueError: naming each setting that differs, and how to fix it.
-    """
+def init_summary(init_state: dict[str, Any] | None, transfer: str = "full") -> dict[str, Any]:
+    """How the segmentation network was initialised, for its record: scratch, or the generator file and its hash."""
     if init_state is None:
-        return
-    stored = dict(init_state.get("preprocessing") or {})
-    rule = stored.get("intensity", settings.get("intensity"))
-    compared = ["intensity", "orientation", "spacing"]
-    compared += {"mri": ["intensity_clip"], "ct": ["ct_window"], "pet": ["pet_range"]}.get(str(rule), [])
-    differ = [
-        f"{k}: pre-training {stored[k]!r}, fine-tuning {settings.get(k)!r}"
-        for k in compared
-        if k in stored and _as_plain(stored[k]) != _as_plain(settings.get(k))
-    ]
-    if differ:
-        raise ValueError(
-            f"{init_state['path']} was pre-trained with other preprocessing than this fine-tuning ("
-            + "; ".join(differ)
-            + "): use the same preset or ids as the pre-training (e.g. --config_file \"['configs/train.yaml',"
-            "'configs/hecktor.yaml']\"), or fine-tune from scratch."
-        )
-
-
-def _as_plain(value: Any) -> Any:
-    """Lists, tuples and numbers compared by value (YAML lists vs stored tuples, 5 vs 5.0)."""
-    if isinstance(value, (list, tuple)):
-        return [_as_plain(v) for v in value]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return value
+        return {"kind": "scratch"}
+    weights = (init_state["record"].get("weights") or {}).get("sha256")
+    return {"kind": "pretrained", "file": init_state["path"], "sha256": weights, "transfer": transfer}
 
 
 def input_key(modalities: Sequence[str], source: str = "g_ab") -> str:
@@ -165,7 +168,7 @@ def network_features(init_state: dict[str, Any] | None, features: Sequence[int])
     """The segmentation network's ``BasicUNet`` features: those stored with the generator, else ``features``."""
     if init_state is None:
         return [int(f) for f in features]
-    stored = [int(f) for f in init_state["network_args"]["features"]]
+    stored = [int(f) for f in init_state["record"]["network"]["args"]["features"]]
     if stored != [int(f) for f in features]:
         logger.info(
             f"segmentation network built with the generator's features {stored} (config features {list(features)})"

@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+from monai.inferers import SliceInferer
 from torch import nn
 
-from .data import read_torch_file
+from .data import read_json, read_torch_file
+from .records import SEGMENTATION_KIND, ModelSource, read_record
 
-__all__ = ["check_model_file", "output_label_values"]
+__all__ = ["check_label_names", "check_model_file", "model_source", "output_label_values", "slice_inferer"]
 
 #: ``SaveImaged`` writes the masks as uint8
 _MAX_LABEL_VALUE = 255
@@ -47,6 +49,40 @@ def check_model_file(path: str | os.PathLike, network: nn.Module | None = None) 
     return path
 
 
+def model_source(model_file: str | os.PathLike) -> ModelSource:
+    """
+    The record of a segmentation ``model.pt`` as the source of a consumer's settings: every id it holds must agree
+    with an explicit value. A 0.2.0 file without a record gives an empty source (a warning; the configs' values),
+    and so does a missing file: the Model Zoo's ``verify_net_in_out`` builds ``network_def`` without weights (a
+    workflow's ``initialize`` requires the file first, ``check_model_file``).
+
+    Raises:
+        ValueError: see ``bundle.records.read_record``.
+    """
+    path = os.path.abspath(os.fspath(model_file))
+    return ModelSource(path, read_record(path, SEGMENTATION_KIND) if os.path.isfile(path) else None)
+
+
+def check_label_names(source: ModelSource, metadata_file: str | os.PathLike) -> None:
+    """
+    Check that ``configs/metadata.json``'s output ``channel_def`` (MONAI Label's label names) says what the model's
+    record says.
+
+    Raises:
+        ValueError: naming both, when they differ.
+    """
+    if source.record is None:
+        return
+    names = dict((source.record.get("labels") or {}).get("names") or {})
+    outputs = read_json(metadata_file).get("network_data_format", {}).get("outputs", {})
+    channel_def = dict(next(iter(outputs.values()), {}).get("channel_def") or {})
+    if names and names != channel_def:
+        raise ValueError(
+            f"{source.name} names the classes {names} but {metadata_file} declares channel_def {channel_def} "
+            "(MONAI Label shows those names): make them agree."
+        )
+
+
 def output_label_values(values: Sequence[int] | None, num_classes: int) -> list[int]:
     """
     The value written for each class index ``0 .. num_classes - 1``: ``values`` (e.g. ``[0, 4]``), or the class
@@ -76,3 +112,22 @@ def output_label_values(values: Sequence[int] | None, num_classes: int) -> list[
             raise ValueError(f"output_label_values must be integers in [0, {_MAX_LABEL_VALUE}], got {list(values)}.")
         out.append(int(v))
     return out
+
+
+def slice_inferer(
+    image_size: Sequence[int], sw_batch_size: int = 32, background: float = 0.0, mode: str = "constant"
+) -> SliceInferer:
+    """
+    The bundle's 2-D sliding window over every axial slice (the last axis) of a 3-D volume: MONAI ``SliceInferer``
+    with windows of ``image_size``, overlap 0.25, and slices smaller than a window padded with the input's
+    ``background`` (the value of empty space after its intensity rule).
+    """
+    return SliceInferer(
+        roi_size=list(image_size),
+        spatial_dim=2,
+        sw_batch_size=int(sw_batch_size),
+        overlap=0.25,
+        mode=mode,
+        cval=float(background),
+        progress=False,
+    )

@@ -49,16 +49,19 @@ class TranslationGenerator(nn.Module):
 
     Args:
         unet: the ``BasicUNet`` to wrap.
+        return_features: return the bottleneck feature too (training); ``False`` returns the image only
+            (translation with a MONAI inferer).
     """
 
-    def __init__(self, unet: BasicUNet) -> None:
+    def __init__(self, unet: BasicUNet, return_features: bool = True) -> None:
         super().__init__()
         self.unet = unet
+        self.return_features = bool(return_features)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
         """
         Returns:
-            the translated image in [-1, 1] and the bottleneck feature (output of ``down_4``).
+            the translated image in [-1, 1] and (``return_features``) the bottleneck feature (output of ``down_4``).
         """
         # BasicUNet.forward does not expose the bottleneck, so its (short) forward pass is spelled out here.
         net = self.unet
@@ -71,7 +74,8 @@ class TranslationGenerator(nn.Module):
         u3 = net.upcat_3(u4, x2)
         u2 = net.upcat_2(u3, x1)
         u1 = net.upcat_1(u2, x0)
-        return torch.tanh(net.final_conv(u1)), x4
+        image = torch.tanh(net.final_conv(u1))
+        return (image, x4) if self.return_features else image
 
 
 class ProjectionHead(nn.Module):

@@ -37,6 +37,7 @@ __all__ = [
     "SEGMENTATION_KIND",
     "ModelSource",
     "fingerprint",
+    "label_names",
     "load_generators",
     "preprocessing_record",
     "read_record",
@@ -123,6 +124,12 @@ def preprocessing_record(
     if source is not None:
         record["source"] = source
     return record
+
+
+def label_names(num_classes: int) -> dict[str, str]:
+    """The class names of a segmentation model (metadata.json's ``channel_def`` must say the same)."""
+    n = int(num_classes)
+    return {"0": "background", **{str(i): ("lesion" if n == 2 else f"class_{i}") for i in range(1, n)}}
 
 
 def record_path(weights_path: str | os.PathLike) -> str:
@@ -327,7 +334,7 @@ def resolve_settings(
         if value is not None:
             out[key] = value
             for source in sources:
-                if key in source.strict and key in source.settings:
+                if key in source.strict and key in source.settings and _applies(key, source.settings):
                     if not _same(key, value, source.settings[key], source.settings):
                         conflicts.append(f"{key}: given {value!r}, {source.name} has {source.settings[key]!r}")
             continue
@@ -342,6 +349,19 @@ def resolve_settings(
             )
         logger.warning(f"--force_settings True: overriding the model record's settings ({text})")
     return out
+
+
+#: the intensity rule that each rule parameter belongs to
+_RULE_OF_PARAMETER = {"intensity_clip": "mri", "ct_window": "ct", "pet_range": "pet"}
+
+
+def _applies(key: str, settings: Mapping[str, Any]) -> bool:
+    """A rule parameter matters only when one of the record's modalities uses its rule."""
+    if key not in _RULE_OF_PARAMETER:
+        return True
+    rules = settings.get("intensity")
+    rules = rules.values() if isinstance(rules, Mapping) else [rules]
+    return _RULE_OF_PARAMETER[key] in rules
 
 
 def _same(key: str, given: Any, stored: Any, stored_settings: Mapping[str, Any]) -> bool:

@@ -1,10 +1,11 @@
 # Copyright (c) multi-condos contributors
 # Licensed under the Apache License, Version 2.0
-"""Modality translation with a pre-trained Multi-ConDoS generator (``configs/translate.yaml``): reading
-``generators.pt``, the input records, the generator network (``BasicUNet`` + tanh) and two dictionary transforms that
-remember an input volume's intensity scale and map the synthetic image back to it.
+"""Modality translation with a pre-trained Multi-ConDoS generator (``configs/translate.yaml``): the direction, the
+plan, and two dictionary transforms that remember an input volume's intensity scale and map the synthetic image back
+to the target modality's units.
 
-Intensity mapping. The generators were trained on volumes z-scored over their non-zero voxels and scaled from
+Intensity mapping. A ``ct`` or ``pet`` target inverts its rule (window or SUV range to [-1, 1]). For an ``mri``
+target, the generators were trained on volumes z-scored over their non-zero voxels and scaled from
 ``[-clip, clip]`` to ``[-1, 1]``. A synthetic image ``y`` in ``[-1, 1]`` is mapped back with the statistics of the
 *input* volume: ``y * clip * std + mean`` (``mean``/``std`` over the input's non-zero voxels, before normalisation),
 and set to 0 outside the input's non-zero foreground. The true scale of the other modality cannot be known from the
@@ -23,20 +24,16 @@ from typing import Any
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.networks.nets import BasicUNet
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
-from .data import as_modality_pair, read_torch_file
+from .data import as_modality_pair
 
 __all__ = [
     "DIRECTIONS",
-    "GENERATOR_KEYS",
     "NonzeroStatsd",
     "RestoreIntensityd",
-    "TranslationUNet",
     "as_direction",
-    "load_generators",
     "log_translation_plan",
     "translation_keys",
 ]
@@ -45,54 +42,6 @@ logger = logging.getLogger(__name__)
 
 #: ``direction`` values and the ``generators.pt`` entry of the generator each one applies
 DIRECTIONS: dict[str, str] = {"a_to_b": "g_ab", "b_to_a": "g_ba"}
-
-#: entries of ``generators.pt`` (see ``bundle.handlers.GeneratorExportHandler``) that translation needs
-GENERATOR_KEYS: tuple[str, ...] = ("network_args", "g_ab", "g_ba", "modalities", "image_size", "intensity_clip")
-
-
-class TranslationUNet(BasicUNet):
-    """
-    A translation generator for inference: MONAI ``BasicUNet`` followed by tanh (output in ``[-1, 1]``).
-
-    Its ``state_dict`` keys are those of a plain ``BasicUNet``, so ``generators.pt``'s ``g_ab`` / ``g_ba`` load
-    into it unchanged. Takes the ``BasicUNet`` arguments (``generators.pt``'s ``network_args``).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(super().forward(x))
-
-
-def load_generators(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """
-    Read ``generators.pt`` written by the pre-training (``torch.load(weights_only=True)``).
-
-    Raises:
-        FileNotFoundError: the file is missing (the message says to run the pre-training first).
-        ValueError: the file cannot be read or lacks one of ``GENERATOR_KEYS``.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"generators file not found: {path}. Run the pre-training first "
-            "(python -m monai.bundle run training --config_file configs/pretrain.yaml), or point --ckpt_dir "
-            "(or --generators_file) at the folder (file) it wrote."
-        )
-    state = read_torch_file(path, "a generators.pt file", map_location)
-    missing = [k for k in GENERATOR_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise ValueError(
-            f"{path} is not a generators.pt written by configs/pretrain.yaml: missing entries {missing} "
-            f"(expected {list(GENERATOR_KEYS)})."
-        )
-    rules = state.get("intensity") or {}
-    other = {key: rule for key, rule in rules.items() if rule != "mri"} if isinstance(rules, dict) else {}
-    if other:
-        raise ValueError(
-            f"{path}: the generators were pre-trained with intensity rules {other}; translation maps the output back "
-            "with the MRI rule only (z-score statistics of the input), so it supports MRI-only generators."
-        )
-    return state
-
 
 def as_direction(direction: str) -> str:
     """
@@ -183,23 +132,29 @@ class NonzeroStatsd(MapTransform):
 
 class RestoreIntensityd(MapTransform):
     """
-    Map synthetic images ``keys`` (channel-first, in ``[-1, 1]``) back to the intensity scale of the input
-    ``ref_key`` recorded by ``NonzeroStatsd``: ``y * clip * std + mean``, then 0 outside the input's non-zero
-    foreground. This inverts the pre-training preprocessing (non-zero z-score, then ``[-clip, clip] -> [-1, 1]``)
-    with the *input's* statistics, since the true scale of the other modality is unknown from the input alone.
+    Map synthetic images ``keys`` (channel-first, in ``[-1, 1]``) back to the target modality's units by inverting
+    its intensity rule: ``ct``/``pet``: ``[-1, 1]`` -> the window/SUV range; ``mri``: the scale of the input
+    ``ref_key`` recorded by ``NonzeroStatsd``, ``y * clip * std + mean``, then 0 outside the input's non-zero
+    foreground (MRI units are arbitrary and the other modality's scale is unknown from the input alone).
     The result is float32 and keeps the metadata (affine, file name) of ``y``.
 
     Args:
         keys: the synthetic images.
         ref_key: the input image key used with ``NonzeroStatsd``.
-        clip: the ``intensity_clip`` of the pre-training.
+        rule: the target modality's intensity rule (``mri``, ``ct`` or ``pet``).
+        clip: the ``intensity_clip`` of the pre-training (``mri``).
+        ct_window: the HU window of the ``ct`` rule.
+        pet_range: the SUV range of the ``pet`` rule.
     """
 
     def __init__(
         self,
         keys: KeysCollection,
         ref_key: str = "image",
+        rule: str = "mri",
         clip: float = 5.0,
+        ct_window: Sequence[float] = (-200.0, 250.0),
+        pet_range: Sequence[float] = (0.0, 10.0),
         mean_postfix: str = "nonzero_mean",
         std_postfix: str = "nonzero_std",
         mask_postfix: str = "foreground",
@@ -208,7 +163,11 @@ class RestoreIntensityd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         if not clip > 0:
             raise ValueError(f"clip must be > 0, got {clip}.")
+        if rule not in ("mri", "ct", "pet"):
+            raise ValueError(f"rule must be 'mri', 'ct' or 'pet', got {rule!r}.")
+        self.rule = rule
         self.clip = float(clip)
+        self.value_range = [float(v) for v in (ct_window if rule == "ct" else pet_range)]
         self.mean_key = f"{ref_key}_{mean_postfix}"
         self.std_key = f"{ref_key}_{std_postfix}"
         self.mask_key = f"{ref_key}_{mask_postfix}"
@@ -218,6 +177,11 @@ class RestoreIntensityd(MapTransform):
         for key in self.key_iterator(d):
             y = d[key]
             out = convert_to_tensor(y, dtype=torch.float32, track_meta=False)
+            if self.rule != "mri":
+                low, high = self.value_range
+                out = (out.clamp(-1.0, 1.0) + 1.0) * (0.5 * (high - low)) + low
+                d[key] = convert_to_dst_type(out, y, dtype=torch.float32)[0] if isinstance(y, MetaTensor) else out
+                continue
             shape = (-1,) + (1,) * (out.ndim - 1)
             mean = torch.as_tensor(d[self.mean_key], dtype=torch.float32, device=out.device).reshape(shape)
             std = torch.as_tensor(d[self.std_key], dtype=torch.float32, device=out.device).reshape(shape)

@@ -14,7 +14,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.networks.nets import BasicUNet
 
 from bundle.data import load_datalist
-from bundle.finetune import initialise_network, load_pretrained, select_finetune_records
+from bundle.finetune import initialise_network, load_pretrained, select_finetune_records, select_source
 from bundle.transforms import MapLabelsd
 from conftest import TINY_NET, config_path, run_workflow
 
@@ -27,7 +27,7 @@ def _seg_net(features=TINY_NET["features"], out_channels=2) -> BasicUNet:
 
 
 def test_full_transfer_copies_every_tensor_but_the_output_conv(tiny_generators, tmp_path):
-    state = load_pretrained(tiny_generators, source="g_ab")
+    state = select_source(load_pretrained(tiny_generators), "g_ab")
     torch.manual_seed(1)
     net = _seg_net()
     fresh_final = net.final_conv.weight.detach().clone()
@@ -41,7 +41,7 @@ def test_full_transfer_copies_every_tensor_but_the_output_conv(tiny_generators, 
 
 
 def test_encoder_transfer_leaves_the_decoder_random(tiny_generators, tmp_path):
-    state = load_pretrained(tiny_generators, source="g_ba")
+    state = select_source(load_pretrained(tiny_generators), "g_ba")
     net = _seg_net()
     decoder_before = net.upcat_2.convs.conv_0.conv.weight.detach().clone()
     initialise_network(net, state, "encoder", str(tmp_path))
@@ -51,7 +51,7 @@ def test_encoder_transfer_leaves_the_decoder_random(tiny_generators, tmp_path):
 
 
 def test_topology_mismatch_fails_clearly(tiny_generators):
-    state = load_pretrained(tiny_generators)
+    state = select_source(load_pretrained(tiny_generators))
     with pytest.raises(ValueError, match=r"only \d+/\d+ expected tensors"):
         initialise_network(_seg_net(features=[16, 16, 32, 32, 64, 16]), state, "full")
 

@@ -78,11 +78,12 @@ def test_projection_head_pools_globally():
 
 def test_export_state_loads_into_plain_basic_unet():
     gens = _pair()
-    state = gens.export_state()
-    assert state["network_args"]["features"] == list(FEATURES)
-    assert state["shared_blocks"] == ["down_4", "upcat_4"]
+    state, network = gens.export_state(), gens.network_record()
+    assert sorted(state) == ["g_ab", "g_ba"]
+    assert network["args"]["features"] == list(FEATURES)
+    assert network["shared_blocks"] == ["down_4", "upcat_4"]
     for key in ("g_ab", "g_ba"):
-        net = BasicUNet(**state["network_args"])
+        net = BasicUNet(**network["args"])
         net.load_state_dict(state[key], strict=True)
     assert torch.equal(
         state["g_ab"]["down_4.convs.conv_0.conv.weight"], state["g_ba"]["down_4.convs.conv_0.conv.weight"]

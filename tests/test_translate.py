@@ -19,6 +19,7 @@ from monai.networks.nets import BasicUNet
 
 from bundle.handlers import GeneratorExportHandler
 from bundle.networks import MultiConDoSGenerators
+from bundle.records import DEFAULT_SETTINGS, load_generators, preprocessing_record
 from conftest import ROOT, TINY_NET, config_path, run_workflow
 
 CLIP = 5.0
@@ -31,9 +32,9 @@ def generators_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     # PyTorch's default init (not N(0, 0.02)) so that the untrained generators give clearly non-constant images
     generators = MultiConDoSGenerators(features=TINY_NET["features"], projection_dim=16, init_std=None)
     path = str(tmp_path_factory.mktemp("translate_ckpt") / "generators.pt")
-    extra = {"image_size": [32, 32], "intensity_clip": CLIP}
-    handler = GeneratorExportHandler(generators, path, modalities=["t1", "t2"], extra=extra)
-    handler(types.SimpleNamespace(state=types.SimpleNamespace(epoch=3)))
+    settings = {**DEFAULT_SETTINGS, "image_size": 32, "intensity_clip": CLIP}
+    handler = GeneratorExportHandler(generators, path, preprocessing_record(settings, ["t1", "t2"], ["t1", "t2"]))
+    handler(types.SimpleNamespace(state=types.SimpleNamespace(epoch=3, iteration=30)))
     return path
 
 
@@ -69,8 +70,9 @@ def _expected_translation(volume: np.ndarray, state: dict, generator: str, z: in
     fg = x != 0
     mean, std = x[fg].mean(), x[fg].std(unbiased=False)
     normed = torch.where(fg, (x - mean) / std, torch.zeros(())).clamp(-CLIP, CLIP) / CLIP
-    net = BasicUNet(**state["network_args"])
-    net.load_state_dict(state[generator])
+    weights, record = load_generators(state)
+    net = BasicUNet(**record["network"]["args"])
+    net.load_state_dict(weights[generator])
     net.eval()
     with torch.no_grad():
         y = torch.tanh(net(normed[None, None, :, :, z]))[0, 0]
@@ -105,7 +107,7 @@ def test_translates_testing_volumes_in_input_space(
     expected = sorted(f"{_stem(s)}_synthetic_{target}.nii.gz" for s in sources)
     assert sorted(os.listdir(out_dir)) == expected  # one output per testing subject, named after the source file
     assert wf.parser.get_parsed_content("source_modality") == source
-    state = torch.load(generators_file, weights_only=True)
+    state = generators_file
     for src in sources:
         x, y = _check_output(src, os.path.join(out_dir, f"{_stem(src)}_synthetic_{target}.nii.gz"))
         # the SliceInferer roi is the full 32x32 slice: the output is the generator's own computation
@@ -182,7 +184,11 @@ def test_modalities_override_names_the_datalist_keys(overrides, tiny_dataset, tm
     }
     datalist = tmp_path / "renamed.json"
     datalist.write_text(json.dumps(renamed))
-    _translate({**overrides, "data_list_file_path": str(datalist), "modalities": ["T1w", "T2w"]})
+    renamed_run = {**overrides, "data_list_file_path": str(datalist), "modalities": ["T1w", "T2w"]}
+    with pytest.raises(SystemExit, match=r"modalities: given \['T1w', 'T2w'\], .*generators.json has \['t1', 't2'\]"):
+        _translate(renamed_run)  # other names than the generators were trained on: a conflict, named
+    assert not os.path.exists(overrides["output_dir"])
+    _translate({**renamed_run, "force_settings": True, "intensity": "mri"})
     assert sorted(os.listdir(overrides["output_dir"])) == sorted(
         f"{_stem(s)}_synthetic_T2w.nii.gz" for s in _testing_files(tiny_dataset, "t1")
     )
@@ -200,8 +206,9 @@ def test_inputs_with_the_same_file_name_are_rejected(overrides, tiny_dataset, tm
 def test_translates_with_the_generators_of_a_real_pretraining(tiny_generators, overrides, tiny_dataset):
     """generators.pt from configs/pretrain.yaml (conftest's tiny 1-epoch pre-training) drives translation as is."""
     _translate({**overrides, "ckpt_dir": os.path.dirname(tiny_generators)})
-    state = torch.load(tiny_generators, weights_only=True)
-    assert state["modalities"] == ["t1", "t2"] and state["image_size"] == [32, 32]
+    state = tiny_generators
+    record = load_generators(state)[1]
+    assert record["preprocessing"]["modalities"] == ["t1", "t2"] and record["preprocessing"]["image_size"] == [32, 32]
     sources = _testing_files(tiny_dataset, "t1")
     assert len(os.listdir(overrides["output_dir"])) == len(sources)
     for src in sources:
