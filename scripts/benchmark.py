@@ -500,10 +500,9 @@ def read_metrics_summary(eval_dir: str) -> dict[str, Any]:
 
 
 def generator_features(generators_file: str) -> list[int]:
-    import torch
+    from bundle.records import load_generators
 
-    content = torch.load(generators_file, map_location="cpu", weights_only=True)
-    return [int(f) for f in content["network_args"]["features"]]
+    return [int(f) for f in load_generators(generators_file)[1]["network"]["args"]["features"]]
 
 
 def testing_subject_ids(data_list_file_path: str, dataset_dir: str, modalities: Sequence[str]) -> list[str]:

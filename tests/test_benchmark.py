@@ -162,7 +162,8 @@ class FakeRunner:
         self.calls.append(("pretrain", dict(o)))
         os.makedirs(o["ckpt_dir"])
         os.makedirs(o["output_dir"])
-        torch.save({"network_args": {"features": TINY_NET["features"]}}, os.path.join(o["ckpt_dir"], "generators.pt"))
+        legacy = {"network_args": {"features": TINY_NET["features"]}, "g_ab": {}, "g_ba": {}}  # a 0.2.0 file
+        torch.save(legacy, os.path.join(o["ckpt_dir"], "generators.pt"))
         with open(os.path.join(o["output_dir"], "validation_metrics.csv"), "w") as f:
             f.write(
                 "epoch,val_mae_ab,val_psnr_ab,val_mae_identity,val_psnr_identity\n1,0.05,30,0.1,20\n2,0.04,31,0.1,20\n"

@@ -114,7 +114,7 @@ def test_network_data_format_describes_the_inference_network_def():
     assert len(image["spatial_shape"]) == args["spatial_dims"] == 2 == len(pred["spatial_shape"])
     assert image["spatial_shape"] == pred["spatial_shape"] == ["32*n", "32*n"]
     assert image["num_channels"] == args["in_channels"] == len(image["channel_def"]) == 1
-    assert pred["num_channels"] == args["out_channels"] == parser.get_parsed_content("num_classes") == 2
+    assert pred["num_channels"] == args["out_channels"] == parser.get_parsed_content("model_num_classes") == 2
     assert image["dtype"] == pred["dtype"] == "float32"
     assert pred["channel_def"] == {"0": "background", "1": "lesion"}  # MONAI Label's labels: {"lesion": 1}
     post = fmt["post_processed_outputs"]["pred"]
@@ -133,7 +133,10 @@ def test_generator_and_discriminator_data_formats():
     # the generator: translate.yaml's network_def (BasicUNet + tanh) with pre-training's constructor arguments,
     # checked by verify_net_in_out against generator_data_format
     network_args = MultiConDoSGenerators(features=TINY_NET["features"]).network_args
-    overrides = {"network_args": network_args, "_meta_#network_data_format": meta["generator_data_format"]}
+    overrides = {
+        "generator_record": {"network": {"args": network_args}},
+        "_meta_#network_data_format": meta["generator_data_format"],
+    }
     for n in (1, 2):
         verify_net_in_out("network_def", META, config_path("translate.yaml"), device="cpu", n=n, **overrides)
     gen = meta["generator_data_format"]
@@ -254,7 +257,7 @@ def test_inference_config_has_the_infer_properties(tiny_dataset, tmp_path):
 
 
 def test_ckpt_export_gives_torchscript_equal_to_eager(tmp_path):
-    features = _parser(INFERENCE).get_parsed_content("features")  # the config's default topology
+    features = _parser(INFERENCE).get_parsed_content("settings")["features"]  # the topology network_def builds
     torch.manual_seed(0)
     net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=features).eval()
     ckpt, ts = tmp_path / "model.pt", tmp_path / "model.ts"

@@ -219,6 +219,7 @@ def test_retraining_loads_models_model_pt_and_rewrites_it_in_place(trained_bundl
     torch.manual_seed(3)
     old = BasicUNet(2, 1, 2, features=TINY["features"]).state_dict()
     torch.save(old, path / "models" / "model.pt")
+    (path / "models" / "model.json").unlink()  # another model.pt: its record would no longer describe it
     os.utime(path / "models" / "model.pt", ns=(0, 0))
     # learning rate 0: the model saved after one epoch is the one the prepended CheckpointLoader loaded
     overrides = monailabel_train(path, records, **TINY_TRAIN, learning_rate=0.0)

@@ -16,6 +16,7 @@ from monai.transforms import Compose, EnsureTyped
 
 import layouts
 from bundle.data import cached_dataset
+from bundle.records import load_generators
 from bundle.datasets import prepare_datalist
 from bundle.transforms import (
     ModalityIntensityd,
@@ -182,15 +183,15 @@ def test_pretrain_finetune_inference_on_a_brats_folder(datasets: dict, tmp_path:
         tiny_overrides(dataset, tmp_path, ckpt_dir=str(tmp_path / "models" / "pretrain"), epoch_length=2),
     )
     generators = tmp_path / "models" / "pretrain" / "generators.pt"
-    state = torch.load(generators, weights_only=True)
-    assert state["intensity"] == {"flair": "mri", "t2": "mri"} and state["orientation"] == "RAS"
+    record = load_generators(generators)[1]["preprocessing"]
+    assert record["intensity"] == {"flair": "mri", "t2": "mri"} and record["orientation"] == "RAS"
     finetune = tiny_overrides(
         dataset, tmp_path, ckpt_dir=str(tmp_path / "models"), pretrained_ckpt=str(generators), epoch_length=2
     )
     # fine-tuning must preprocess its input as the pre-training did (no domain shift between the stages)
     with pytest.raises(
         SystemExit,
-        match=r"orientation: pre-training 'RAS', fine-tuning 'LPS'; intensity_clip: pre-training 5.0, fine-tuning 3.0",
+        match=r"intensity_clip: given 3.0, .*generators.json has 5.0; orientation: given 'LPS', .*generators.json has 'RAS'",
     ):
         make_workflow(
             [config_path("train.yaml"), config_path("brats.yaml")],
