@@ -16,8 +16,8 @@ from monai.transforms import Compose, EnsureTyped
 
 import layouts
 from bundle.data import cached_dataset
-from bundle.records import load_generators
 from bundle.datasets import prepare_datalist
+from bundle.records import load_generators
 from bundle.transforms import (
     ModalityIntensityd,
     ResizeWithBackgroundd,
