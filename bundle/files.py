@@ -35,7 +35,8 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], overwri
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    # the temporary name ends with the destination's name: writers that choose a format by extension (nibabel) work
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=f"_{os.path.basename(path)}", dir=folder)
     os.close(fd)
     try:
         writer(tmp)
@@ -45,6 +46,10 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], overwri
                 os.link(tmp, path)
             except FileExistsError:
                 return False
+            except OSError:  # a file system without hard links
+                if os.path.exists(path):
+                    return False
+                os.replace(tmp, path)
             return True
         os.replace(tmp, path)
         return True

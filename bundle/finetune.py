@@ -17,7 +17,7 @@ from monai.networks.utils import copy_model_state
 from torch import nn
 
 from .data import channel_of, train_val_split
-from .records import SEGMENTATION_KIND, ModelSource, load_generators, read_record
+from .records import PREPROCESSING_IDS, SEGMENTATION_KIND, ModelSource, load_generators, read_record
 
 __all__ = [
     "ENCODER_BLOCKS",
@@ -48,17 +48,9 @@ _SOURCES = ("g_ab", "g_ba")
 
 #: the ids that must agree between a generator's record and the fine-tuning that starts from it (the method's point is
 #: that there is no domain shift between the two stages); the rest (image size, crop) is only inherited
-GENERATOR_STRICT_IDS: tuple[str, ...] = (
-    "modalities",
-    "intensity",
-    "intensity_clip",
-    "ct_window",
-    "pet_range",
-    "orientation",
-    "spacing",
-    "resample_to",
-    "features",
-)
+GENERATOR_STRICT_IDS: tuple[str, ...] = tuple(
+    k for k in PREPROCESSING_IDS if k not in ("source", "image_size", "crop_foreground")
+) + ("features",)
 
 
 def resolve_pretrained(pretrained_ckpt: str | None, default_ckpt: str | None = None) -> str | None:
