@@ -46,14 +46,13 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-
-from .files import atomic_write
 
 __all__ = [
     "DEMO_LABELS",
@@ -489,6 +488,40 @@ def _affine(shape: Sequence[int]) -> np.ndarray:
     return affine
 
 
+def _temp_path(path: str) -> str:
+    """Unique temporary file name in the same folder that keeps the extension of ``path`` (e.g. ``.nii.gz``)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}-{name}")
+
+
+def _atomic_write(path: str, writer: Callable[[str], None], overwrite: bool = True) -> bool:
+    """
+    Write a file via ``writer(temp_path)`` and move it atomically to ``path``.
+
+    If ``overwrite`` is False, an existing ``path`` is never replaced (also not by a concurrent writer);
+    returns whether ``path`` was written by this call.
+    """
+    tmp = _temp_path(path)
+    try:
+        writer(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)  # atomic "create if absent"
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # file system without hard links
+            if os.path.exists(path):
+                return False
+            os.replace(tmp, path)
+            return True
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: str) -> None:
     def _writer(tmp: str) -> None:
         img = nib.Nifti1Image(array, affine)
@@ -498,7 +531,7 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: str) -> None:
         img.set_sform(affine, code=1)
         nib.save(img, tmp)
 
-    atomic_write(path, _writer)
+    _atomic_write(path, _writer)
 
 
 def _write_json(data: dict, path: str, overwrite: bool) -> bool:
@@ -507,7 +540,7 @@ def _write_json(data: dict, path: str, overwrite: bool) -> bool:
             json.dump(data, f, indent=2)
             f.write("\n")
 
-    return atomic_write(path, _writer, overwrite=overwrite)
+    return _atomic_write(path, _writer, overwrite=overwrite)
 
 
 def _generator_record(num_subjects: int, num_test: int, shape: tuple[int, ...], seed: int) -> dict[str, Any]:
