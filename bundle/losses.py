@@ -27,10 +27,10 @@ __all__ = [
     "CycleTerm",
     "GeneratorLoss",
     "IdentityTerm",
+    "PairedL1Term",
     "Pix2PixTerm",
     "gather_with_grad",
     "lsgan_discriminator_loss",
-    "multi_condos_loss",
 ]
 
 #: generator outputs a term may ask for (``MultiConDoSGenerators.forward`` flags)
@@ -63,41 +63,41 @@ class AdversarialTerm(Term):
         )
 
 
-class CycleTerm(Term):
-    """CycleGAN's cycle consistency, ``|G_BA(G_AB(a)) - a| + |G_AB(G_BA(b)) - b|`` (L1)."""
+class PairedL1Term(Term):
+    """
+    A sum of L1 (or ``criterion``) distances between generator outputs and the real images, ``pairs`` naming
+    ``(output, "a" | "b")``; the cycle, Pix2Pix and identity terms differ only in their pairs.
+    """
+
+    pairs: tuple[tuple[str, str], ...] = ()
+
+    def __init__(self, criterion: Callable | None = None) -> None:
+        super().__init__()
+        self.criterion = criterion if criterion is not None else nn.L1Loss()
+
+    def forward(self, out, a, b, **context: Any) -> torch.Tensor:
+        real = {"a": a, "b": b}
+        return sum(self.criterion(out[name], real[target]) for name, target in self.pairs)
+
+
+class CycleTerm(PairedL1Term):
+    """CycleGAN's cycle consistency, ``|G_BA(G_AB(a)) - a| + |G_AB(G_BA(b)) - b|``."""
 
     needs = ("cycle",)
-
-    def __init__(self, criterion: Callable | None = None) -> None:
-        super().__init__()
-        self.criterion = criterion if criterion is not None else nn.L1Loss()
-
-    def forward(self, out, a, b, **context: Any) -> torch.Tensor:
-        return self.criterion(out["rec_a"], a) + self.criterion(out["rec_b"], b)
+    pairs = (("rec_a", "a"), ("rec_b", "b"))
 
 
-class Pix2PixTerm(Term):
+class Pix2PixTerm(PairedL1Term):
     """Pix2Pix's paired L1 of co-registered slices, ``|G_AB(a) - b| + |G_BA(b) - a|``."""
 
-    def __init__(self, criterion: Callable | None = None) -> None:
-        super().__init__()
-        self.criterion = criterion if criterion is not None else nn.L1Loss()
-
-    def forward(self, out, a, b, **context: Any) -> torch.Tensor:
-        return self.criterion(out["fake_b"], b) + self.criterion(out["fake_a"], a)
+    pairs = (("fake_b", "b"), ("fake_a", "a"))
 
 
-class IdentityTerm(Term):
+class IdentityTerm(PairedL1Term):
     """CycleGAN's identity loss, ``|G_AB(b) - b| + |G_BA(a) - a|`` (off in the paper)."""
 
     needs = ("identity",)
-
-    def __init__(self, criterion: Callable | None = None) -> None:
-        super().__init__()
-        self.criterion = criterion if criterion is not None else nn.L1Loss()
-
-    def forward(self, out, a, b, **context: Any) -> torch.Tensor:
-        return self.criterion(out["idt_b"], b) + self.criterion(out["idt_a"], a)
+    pairs = (("idt_b", "b"), ("idt_a", "a"))
 
 
 class ContrastiveTerm(Term):
@@ -167,37 +167,6 @@ class GeneratorLoss(nn.Module):
         values = {name: term(out, a, b, **context) for name, term in self.terms.items()}
         values["g_total"] = sum(self.weights[name] * value for name, value in values.items())
         return values
-
-
-def multi_condos_loss(
-    adversarial_loss: Callable,
-    contrastive_loss: Callable | None = None,
-    l1_loss: Callable | None = None,
-    lambda_adversarial: float = 1.0,
-    lambda_cycle: float = 10.0,
-    lambda_pix2pix: float = 100.0,
-    lambda_contrastive: float = 1.0,
-    lambda_identity: float = 0.0,
-    contrastive_all_ranks: bool = False,
-) -> GeneratorLoss:
-    """The paper's objective with its five terms (what ``configs/pretrain.yaml``'s ``generator_loss`` declares)."""
-    l1 = l1_loss if l1_loss is not None else nn.L1Loss()
-    terms: dict[str, Term] = {
-        "adversarial": AdversarialTerm(adversarial_loss),
-        "cycle": CycleTerm(l1),
-        "pix2pix": Pix2PixTerm(l1),
-        "identity": IdentityTerm(l1),
-    }
-    if contrastive_loss is not None:
-        terms["contrastive"] = ContrastiveTerm(contrastive_loss, contrastive_all_ranks)
-    weights = {
-        "adversarial": lambda_adversarial,
-        "cycle": lambda_cycle,
-        "pix2pix": lambda_pix2pix,
-        "contrastive": lambda_contrastive,
-        "identity": lambda_identity,
-    }
-    return GeneratorLoss(terms, weights)
 
 
 def lsgan_discriminator_loss(criterion: Callable, logits: torch.Tensor, n_real: int) -> torch.Tensor:

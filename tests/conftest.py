@@ -46,6 +46,26 @@ def tiny_overrides(dataset: dict[str, str], run_dir: Path, **kwargs) -> dict:
     }
 
 
+def scratch_finetune_overrides(dataset: dict[str, str], ckpt_dir: Path, output_dir: Path, **kwargs) -> dict:
+    """Overrides of ``configs/train.yaml`` for a tiny fine-tuning from scratch (1 epoch of 2 iterations of 4 slices,
+    ``TINY_NET`` features, validated once); ``kwargs`` win."""
+    return {
+        "bundle_root": str(ROOT),
+        **dataset,
+        "ckpt_dir": str(ckpt_dir),
+        "output_dir": str(output_dir),
+        "pretrained_ckpt": "none",
+        "features": TINY_NET["features"],
+        "batch_size": 4,
+        "samples_per_subject": 2,
+        "epochs": 1,
+        "epoch_length": 2,
+        "val_interval": 1,
+        "val_fraction": 0.25,
+        **kwargs,
+    }
+
+
 @pytest.fixture()
 def pretrain_overrides(tiny_dataset: dict[str, str], tmp_path: Path) -> dict:
     """Overrides of ``configs/pretrain.yaml`` for a 2-epoch, 2-iteration run on the tiny dataset."""
@@ -138,12 +158,43 @@ def paired_batches(n_batches: int = 2, batch: int = 4, size: int = 32, seed: int
     return out
 
 
+def paper_loss(
+    adversarial_loss,
+    contrastive_loss=None,
+    l1_loss=None,
+    lambda_adversarial: float = 1.0,
+    lambda_cycle: float = 10.0,
+    lambda_pix2pix: float = 100.0,
+    lambda_contrastive: float = 1.0,
+    lambda_identity: float = 0.0,
+    contrastive_all_ranks: bool = False,
+):
+    """The paper's objective built in Python, as configs/pretrain.yaml's ``generator_loss`` declares it."""
+    from bundle import losses
+
+    terms = {
+        "adversarial": losses.AdversarialTerm(adversarial_loss),
+        "cycle": losses.CycleTerm(l1_loss),
+        "pix2pix": losses.Pix2PixTerm(l1_loss),
+        "identity": losses.IdentityTerm(l1_loss),
+    }
+    if contrastive_loss is not None:
+        terms["contrastive"] = losses.ContrastiveTerm(contrastive_loss, contrastive_all_ranks)
+    weights = {
+        "adversarial": lambda_adversarial,
+        "cycle": lambda_cycle,
+        "pix2pix": lambda_pix2pix,
+        "contrastive": lambda_contrastive,
+        "identity": lambda_identity,
+    }
+    return losses.GeneratorLoss(terms, weights)
+
+
 def build_trainer(batches: list[dict], **kwargs):
     """A MultiConDoSTrainer with tiny networks on ``batches`` (keys t1/t2)."""
     from monai.losses import ContrastiveLoss, PatchAdversarialLoss
     from monai.networks.nets import PatchDiscriminator
 
-    from bundle.losses import multi_condos_loss
     from bundle.networks import MultiConDoSGenerators
     from bundle.trainer import MultiConDoSTrainer
 
@@ -167,7 +218,7 @@ def build_trainer(batches: list[dict], **kwargs):
         discriminators=discs,
         g_optimizer=torch.optim.Adam(gens.parameters(), lr=kwargs.pop("lr", 2e-4), betas=(0.5, 0.999)),
         d_optimizer=torch.optim.Adam(discs.parameters(), lr=2e-4, betas=(0.5, 0.999)),
-        generator_loss=multi_condos_loss(adversarial, ContrastiveLoss(temperature=0.5), **loss_args),
+        generator_loss=paper_loss(adversarial, ContrastiveLoss(temperature=0.5), **loss_args),
         adversarial_loss=adversarial,
         keys=("t1", "t2"),
         image_pool_size=4,

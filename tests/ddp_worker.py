@@ -21,10 +21,9 @@ from monai.losses import ContrastiveLoss, PatchAdversarialLoss  # noqa: E402
 from monai.networks.nets import PatchDiscriminator  # noqa: E402
 
 from bundle.distributed import setup, wrap  # noqa: E402
-from bundle.losses import multi_condos_loss  # noqa: E402
 from bundle.networks import DiscriminatorPair, MultiConDoSGenerators, unwrap  # noqa: E402
 from bundle.trainer import MultiConDoSTrainer  # noqa: E402
-from conftest import paired_batches  # noqa: E402
+from conftest import paired_batches, paper_loss  # noqa: E402
 
 
 def main(out: str, steps: int = 2, global_batch: int = 4) -> None:
@@ -56,7 +55,7 @@ def main(out: str, steps: int = 2, global_batch: int = 4) -> None:
         discriminators=discs,
         g_optimizer=g_opt,
         d_optimizer=d_opt,
-        generator_loss=multi_condos_loss(
+        generator_loss=paper_loss(
             adversarial,
             ContrastiveLoss(temperature=0.5),
             contrastive_all_ranks=True,

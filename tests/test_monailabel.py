@@ -292,19 +292,10 @@ def test_a_preset_model_keeps_its_preprocessing_when_served_and_retrained(fresh_
     """A model fine-tuned with non-default preprocessing (48x48 slices, 1 mm resampling: Spacingd runs) is served
     by MONAI Label's plain inference.yaml with the record's settings, without the Spacingd/image_path crash, and
     retraining through /train/ (plain train.yaml, CheckpointLoader on model.pt) keeps them in the new record."""
-    trained = {"image_size": 48, "spacing": [1.0, 1.0, 1.0], "intensity_clip": 3.0, "features": TINY_NET["features"]}
-    overrides = {
-        "bundle_root": str(ROOT),
-        **tiny_dataset,
-        "ckpt_dir": str(fresh_bundle / "models"),
-        "output_dir": str(tmp_path / "train"),
-        "pretrained_ckpt": "none",
-        "epochs": 1,
-        **{k: v for k, v in TINY_TRAIN.items() if k not in ("image_size", "features")},
-        **trained,
-    }
-    from conftest import config_path, run_workflow
+    from conftest import config_path, run_workflow, scratch_finetune_overrides
 
+    trained = {"image_size": 48, "spacing": [1.0, 1.0, 1.0], "intensity_clip": 3.0}
+    overrides = scratch_finetune_overrides(tiny_dataset, fresh_bundle / "models", tmp_path / "train", **trained)
     run_workflow(config_path("train.yaml"), overrides)
     out = monailabel_infer(fresh_bundle, records[0]["image"])  # no size override: MONAI Label sets none
     assert [t for t in out["pre"] if isinstance(t, Spacingd)]  # resampling is on, and image_path survived it

@@ -15,29 +15,16 @@ import torch
 
 import bundle
 from bundle.records import ModelSource, read_record, record_path, resolve_settings, write_record
-from conftest import ROOT, config_path, make_workflow, run_workflow
+from conftest import ROOT, config_path, make_workflow, run_workflow, scratch_finetune_overrides
 
 
 @pytest.fixture(scope="module")
 def preset_model(tiny_dataset: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model fine-tuned from scratch with non-default preprocessing: 48x48 slices, intensity clip 3."""
     root = tmp_path_factory.mktemp("preset_model")
-    overrides = {
-        "bundle_root": str(ROOT),
-        **tiny_dataset,
-        "ckpt_dir": str(root / "models"),
-        "output_dir": str(root / "train"),
-        "pretrained_ckpt": "none",
-        "image_size": 48,
-        "intensity_clip": 3.0,
-        "features": [8, 8, 16, 16, 32, 8],
-        "batch_size": 4,
-        "samples_per_subject": 2,
-        "epochs": 1,
-        "epoch_length": 2,
-        "val_interval": 1,
-        "val_fraction": 0.25,
-    }
+    overrides = scratch_finetune_overrides(
+        tiny_dataset, root / "models", root / "train", image_size=48, intensity_clip=3.0
+    )
     run_workflow(config_path("train.yaml"), overrides)
     return root / "models"
 
