@@ -1,5 +1,5 @@
-"""The label-efficiency benchmark (scripts/benchmark.py): planning, checks, aggregation and resume with a fake
-runner, and one tiny real grid (full Multi-ConDoS + scratch, 2 fractions, 1 seed, 1 epoch) through the configs."""
+"""The label-efficiency benchmark (scripts/benchmark.py, scripts/label_efficiency/): planning, checks, aggregation
+and resume with a fake runner, and one tiny real grid (full Multi-ConDoS + scratch, 2 fractions, 1 seed, 1 epoch) through the configs."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_NET
-from scripts import benchmark as bm
+from scripts import benchmark
+from scripts.label_efficiency import checks, plan, protocol, report, results, runner, stats
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # planning
 # ---------------------------------------------------------------------------------------------------------------
 def test_plan_one_pretraining_per_variant_before_its_first_use():
-    jobs = bm.plan_jobs(["scratch", "no_contrastive", "multi_condos"], [1.0, 0.1, 0.5], [1, 0])
+    jobs = plan.plan_jobs(["scratch", "no_contrastive", "multi_condos"], [1.0, 0.1, 0.5], [1, 0])
     pretrains = [j for j in jobs if j.kind == "pretrain"]
     finetunes = [j for j in jobs if j.kind == "finetune"]
     assert sorted(j.variant for j in pretrains) == ["multi_condos", "no_contrastive"]  # scratch: none
@@ -38,27 +39,27 @@ def test_plan_one_pretraining_per_variant_before_its_first_use():
 
 
 def test_plan_rejects_bad_grids():
-    with pytest.raises(bm.BenchmarkError, match="unknown variant"):
-        bm.plan_jobs(["multi_condos", "simclr"], [0.1], [0])
-    with pytest.raises(bm.BenchmarkError, match=r"\(0, 1\]"):
-        bm.plan_jobs(["scratch"], [0.0, 0.5], [0])
-    with pytest.raises(bm.BenchmarkError, match="integers"):
-        bm.plan_jobs(["scratch"], [0.5], [0.5])
-    with pytest.raises(bm.BenchmarkError, match="empty"):
-        bm.plan_jobs(["scratch"], [], [0])
-    assert len(bm.plan_jobs("scratch", 0.5, 0)) == 1  # fire may pass a scalar
+    with pytest.raises(plan.BenchmarkError, match="unknown variant"):
+        plan.plan_jobs(["multi_condos", "simclr"], [0.1], [0])
+    with pytest.raises(plan.BenchmarkError, match=r"\(0, 1\]"):
+        plan.plan_jobs(["scratch"], [0.0, 0.5], [0])
+    with pytest.raises(plan.BenchmarkError, match="integers"):
+        plan.plan_jobs(["scratch"], [0.5], [0.5])
+    with pytest.raises(plan.BenchmarkError, match="empty"):
+        plan.plan_jobs(["scratch"], [], [0])
+    assert len(plan.plan_jobs("scratch", 0.5, 0)) == 1  # fire may pass a scalar
 
 
 def test_quick_grid_and_defaults():
-    assert set(bm.QUICK["variants"]) >= {"multi_condos", "scratch"} and len(bm.QUICK["variants"]) == 3
-    assert list(bm.QUICK["fractions"]) == [0.1, 0.5, 1.0] and len(bm.QUICK["seeds"]) == 1
-    assert bm.QUICK["finetune"]["val_interval"] <= bm.QUICK["finetune"]["epochs"]
-    assert list(bm.DEFAULT_FRACTIONS) == [0.05, 0.1, 0.5, 1.0] and len(bm.DEFAULT_SEEDS) == 3
-    assert bm.VARIANTS["no_contrastive"][1] == {"lambda_contrastive": 0.0}
-    assert bm.VARIANTS["no_sharing"][1] == {"shared_blocks": []}
-    assert bm.VARIANTS["pix2pix_only"][1] == {"lambda_cycle": 0.0}
-    assert bm.VARIANTS["cyclegan_only"][1] == {"lambda_pix2pix": 0.0}
-    assert bm.VARIANTS["scratch"][1] is None
+    assert set(plan.QUICK["variants"]) >= {"multi_condos", "scratch"} and len(plan.QUICK["variants"]) == 3
+    assert list(plan.QUICK["fractions"]) == [0.1, 0.5, 1.0] and len(plan.QUICK["seeds"]) == 1
+    assert plan.QUICK["finetune"]["val_interval"] <= plan.QUICK["finetune"]["epochs"]
+    assert list(plan.DEFAULT_FRACTIONS) == [0.05, 0.1, 0.5, 1.0] and len(plan.DEFAULT_SEEDS) == 3
+    assert plan.VARIANTS["no_contrastive"][1] == {"lambda_contrastive": 0.0}
+    assert plan.VARIANTS["no_sharing"][1] == {"shared_blocks": []}
+    assert plan.VARIANTS["pix2pix_only"][1] == {"lambda_cycle": 0.0}
+    assert plan.VARIANTS["cyclegan_only"][1] == {"lambda_pix2pix": 0.0}
+    assert plan.VARIANTS["scratch"][1] is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -67,18 +68,18 @@ def test_quick_grid_and_defaults():
 def test_init_line_check(tmp_path):
     gen = str(tmp_path / "pretrain" / "generators.pt")
     good = f"init: pretrained (80/82 tensors from {gen}, g_ab, transfer=full)"
-    assert bm.check_init_line("init: scratch\n", "scratch", None) == "init: scratch"
-    assert bm.check_init_line(good, "multi_condos", gen) == good
-    with pytest.raises(bm.BenchmarkError, match="scratch run"):
-        bm.check_init_line(good, "scratch", None)
-    with pytest.raises(bm.BenchmarkError, match="did not load"):
-        bm.check_init_line("init: scratch", "no_sharing", gen)
-    with pytest.raises(bm.BenchmarkError, match="another file"):
-        bm.check_init_line(good, "multi_condos", str(tmp_path / "other" / "generators.pt"))
-    with pytest.raises(bm.BenchmarkError, match="0/82"):
-        bm.check_init_line(f"init: pretrained (0/82 tensors from {gen})", "multi_condos", gen)
-    with pytest.raises(bm.BenchmarkError, match="did not load"):
-        bm.check_init_line("", "multi_condos", gen)
+    assert results.check_init_line("init: scratch\n", "scratch", None) == "init: scratch"
+    assert results.check_init_line(good, "multi_condos", gen) == good
+    with pytest.raises(plan.BenchmarkError, match="scratch run"):
+        results.check_init_line(good, "scratch", None)
+    with pytest.raises(plan.BenchmarkError, match="did not load"):
+        results.check_init_line("init: scratch", "no_sharing", gen)
+    with pytest.raises(plan.BenchmarkError, match="another file"):
+        results.check_init_line(good, "multi_condos", str(tmp_path / "other" / "generators.pt"))
+    with pytest.raises(plan.BenchmarkError, match="0/82"):
+        results.check_init_line(f"init: pretrained (0/82 tensors from {gen})", "multi_condos", gen)
+    with pytest.raises(plan.BenchmarkError, match="did not load"):
+        results.check_init_line("", "multi_condos", gen)
 
 
 def _row(method, fraction, seed, subjects, validation=("v1",), dice=0.5):
@@ -100,23 +101,23 @@ def test_split_checks():
         _row("scratch", 0.5, 0, ["c", "b", "a"]),
         _row("scratch", 0.5, 1, ["d", "e"]),  # another seed: another subset
     ]
-    bm.check_splits(rows, ["t1", "t2"])
-    with pytest.raises(bm.BenchmarkError, match="different labeled"):
-        bm.check_splits(rows + [_row("no_sharing", 0.1, 0, ["b"])], [])
-    with pytest.raises(bm.BenchmarkError, match="different labeled"):
-        bm.check_splits(rows + [_row("no_sharing", 0.1, 0, ["a"], validation=["v2"])], [])
-    with pytest.raises(bm.BenchmarkError, match="not inside"):
-        bm.check_splits([_row("scratch", 0.1, 0, ["z"]), _row("scratch", 0.5, 0, ["a", "b"])], [])
-    with pytest.raises(bm.BenchmarkError, match="test subjects"):
-        bm.check_splits(rows, ["b"])
+    checks.check_splits(rows, ["t1", "t2"])
+    with pytest.raises(plan.BenchmarkError, match="different labeled"):
+        checks.check_splits(rows + [_row("no_sharing", 0.1, 0, ["b"])], [])
+    with pytest.raises(plan.BenchmarkError, match="different labeled"):
+        checks.check_splits(rows + [_row("no_sharing", 0.1, 0, ["a"], validation=["v2"])], [])
+    with pytest.raises(plan.BenchmarkError, match="not inside"):
+        checks.check_splits([_row("scratch", 0.1, 0, ["z"]), _row("scratch", 0.5, 0, ["a", "b"])], [])
+    with pytest.raises(plan.BenchmarkError, match="test subjects"):
+        checks.check_splits(rows, ["b"])
 
 
 def test_output_dir_inside_repository_is_refused(capsys):
     for inside in (ROOT, os.path.join(ROOT, "outputs", "bench"), os.path.join(ROOT, "models", "..", "x")):
-        with pytest.raises(bm.BenchmarkError, match="inside the repository"):
-            bm.check_output_dir(inside)
+        with pytest.raises(plan.BenchmarkError, match="inside the repository"):
+            checks.check_output_dir(inside)
     with pytest.raises(SystemExit) as e:
-        bm.main(output_dir=os.path.join(ROOT, "bench_out"), dry_run=True)
+        benchmark.main(output_dir=os.path.join(ROOT, "bench_out"), dry_run=True)
     assert e.value.code == 1 and "inside the repository" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(ROOT, "bench_out"))
 
@@ -128,22 +129,22 @@ def test_aggregate_mean_std_and_paired_difference():
     rows = [_row("multi_condos", 0.1, s, ["a"], dice=d) for s, d in enumerate([0.6, 0.7, 0.8])]
     rows += [_row("scratch", 1.0, s, ["a"], dice=d) for s, d in enumerate([0.5, 0.75, 0.7])]
     rows += [_row("scratch", 0.1, 0, ["a"], dice=float("nan"))]
-    agg = bm.aggregate(rows)
+    agg = stats.aggregate(rows)
     assert agg[("multi_condos", 0.1)]["mean"] == pytest.approx(0.7)
     assert agg[("multi_condos", 0.1)]["std"] == pytest.approx(0.1)  # sample std (ddof 1)
     assert agg[("multi_condos", 0.1)]["n"] == 3 and agg[("multi_condos", 0.1)]["seeds"] == [0, 1, 2]
     assert agg[("scratch", 0.1)]["mean"] is None and agg[("scratch", 0.1)]["n"] == 0
-    single = bm.aggregate(rows[:1])[("multi_condos", 0.1)]
+    single = stats.aggregate(rows[:1])[("multi_condos", 0.1)]
     assert single["mean"] == pytest.approx(0.6) and single["std"] is None
-    d = bm.paired_difference(rows, ("multi_condos", 0.1), ("scratch", 1.0))
+    d = stats.paired_difference(rows, ("multi_condos", 0.1), ("scratch", 1.0))
     assert d["diffs"] == pytest.approx([0.1, -0.05, 0.1]) and d["wins"] == 2 and d["n"] == 3
     assert d["diff_mean"] == pytest.approx(0.05)
-    assert bm.paired_difference(rows, ("multi_condos", 0.05), ("scratch", 0.5)) is None
-    text = "\n".join(bm.headline(rows))
+    assert stats.paired_difference(rows, ("multi_condos", 0.05), ("scratch", 0.5)) is None
+    text = "\n".join(report.headline(rows))
     assert "Multi-ConDoS@10% vs scratch@100% | 0.700 | 0.650 | +0.050 ± 0.087 | 2/3" in text
     assert "Multi-ConDoS@5% vs scratch@50% | — | — | not in this grid" in text
-    assert bm._cell(agg[("multi_condos", 0.1)]) == "0.700 ± 0.100"
-    assert bm._cell(single, n_expected=3) == "0.600 (n=1)"
+    assert report._cell(agg[("multi_condos", 0.1)]) == "0.700 ± 0.100"
+    assert report._cell(single, n_expected=3) == "0.600 (n=1)"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -199,7 +200,7 @@ class FakeRunner:
 def _fake_benchmark(tiny_dataset, out, runner, **kwargs):
     lines: list[str] = []
     grid = {"variants": ["multi_condos", "scratch", "no_sharing"], "fractions": [1.0, 0.5], "seeds": [0, 1]}
-    rows = bm.run_benchmark(str(out), **tiny_dataset, runner=runner, echo=lines.append, **{**grid, **kwargs})
+    rows = protocol.run_benchmark(str(out), **tiny_dataset, runner=runner, echo=lines.append, **{**grid, **kwargs})
     return rows, lines
 
 
@@ -223,7 +224,7 @@ def test_fake_grid_reports_and_resume(tiny_dataset, tmp_path):
     # results.csv: one row per method x fraction x seed, nested subject sets, same subjects for every method
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 12 and set(table[0]) == set(bm.CSV_FIELDS)
+    assert len(table) == 12 and set(table[0]) == set(report.CSV_FIELDS)
     by = {(r["method"], float(r["fraction"]), int(r["seed"])): r for r in table}
     assert by[("scratch", 0.5, 1)]["label_subjects"] == by[("no_sharing", 0.5, 1)]["label_subjects"]
     assert set(by[("scratch", 0.5, 0)]["label_subjects"].split()) < set(
@@ -259,7 +260,7 @@ def test_fake_grid_reports_and_resume(tiny_dataset, tmp_path):
     assert sum("not finished (report only)" in line for line in lines3) == 6
     assert "| 0.705 ± 0.007 (n=2) |" in (out / "results.md").read_text()
     # finished runs with other settings are not silently mixed in
-    with pytest.raises(bm.BenchmarkError, match="other settings"):
+    with pytest.raises(plan.BenchmarkError, match="other settings"):
         _fake_benchmark(tiny_dataset, out, runner, finetune_overrides={"epochs": 2})
 
 
@@ -273,7 +274,7 @@ def test_wrong_init_line_aborts(tiny_dataset, tmp_path, forced, message):
         "init: pretrained (80/82 tensors from /x/generators.pt, g_ab, transfer=full)" if forced[1] else "init: scratch"
     )
     runner = FakeRunner(tiny_dataset["data_list_file_path"], tiny_dataset["dataset_dir"], {forced: line})
-    with pytest.raises(bm.BenchmarkError, match=message):
+    with pytest.raises(plan.BenchmarkError, match=message):
         _fake_benchmark(tiny_dataset, tmp_path / "bench", runner)
     assert (tmp_path / "bench" / "results.csv").is_file()  # what finished before is still reported
     bad = "scratch" if forced[1] else "multi_condos"
@@ -289,7 +290,7 @@ def test_tiny_real_grid(tiny_dataset, tmp_path, capsys):
     finetune = {"image_size": 32, "batch_size": 4, "epochs": 1, "epoch_length": 2, "val_fraction": 0.25}
     finetune.update({"samples_per_subject": 2, "features": TINY_NET["features"]})
     out = tmp_path / "bench"
-    rows = bm.run_benchmark(
+    rows = protocol.run_benchmark(
         str(out),
         **tiny_dataset,
         variants=["multi_condos", "scratch"],
@@ -316,12 +317,12 @@ def test_tiny_real_grid(tiny_dataset, tmp_path, capsys):
 
 
 def test_preset_is_merged_on_top_of_every_workflow(tiny_dataset, tmp_path):
-    runner = bm.BundleRunner(preset="brats")
-    assert runner.presets == [os.path.join(str(ROOT), "configs", "brats.yaml")]
-    assert bm.BundleRunner(preset="configs/hecktor.yaml").presets[0].endswith("hecktor.yaml")
-    with pytest.raises(bm.BenchmarkError, match="preset not found: mri"):
-        bm.BundleRunner(preset="mri")
+    bundle_runner = runner.BundleRunner(preset="brats")
+    assert bundle_runner.presets == [os.path.join(str(ROOT), "configs", "brats.yaml")]
+    assert runner.BundleRunner(preset="configs/hecktor.yaml").presets[0].endswith("hecktor.yaml")
+    with pytest.raises(plan.BenchmarkError, match="preset not found: mri"):
+        runner.BundleRunner(preset="mri")
     # the demo datalist has t1/t2: the preset's FLAIR/T2 pair shows that it was merged into the run
     overrides = {"bundle_root": str(ROOT), **tiny_dataset, "ckpt_dir": str(tmp_path / "ckpt")}
     with pytest.raises(RuntimeError, match=r"(?s)brats\.yaml'\] failed .*missing key\(s\) \['flair'\]"):
-        runner.pretrain(overrides, str(tmp_path / "log"))
+        bundle_runner.pretrain(overrides, str(tmp_path / "log"))
