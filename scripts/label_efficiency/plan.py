@@ -1,12 +1,12 @@
 # Copyright (c) multi-condos contributors
 # Licensed under the Apache License, Version 2.0
-"""The benchmark's grid: the methods (pre-training variants and scratch), the default and ``--quick`` grids, and
-the runs planned for a grid, in execution order."""
+"""The benchmark's grid: the methods (pre-training variants and scratch), the default grid and the presets
+(``--quick``, ``--grid cpu``), the runs planned for a grid in execution order, and their estimated wall time."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,19 +15,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 __all__ = [
     "DEFAULT_FRACTIONS",
+    "DEFAULT_PRETRAIN_SEEDS",
     "DEFAULT_SEEDS",
     "DEFAULT_VARIANTS",
-    "PRETRAIN_SEED",
+    "GRIDS",
     "QUICK",
     "ROOT",
     "VARIANTS",
     "BenchmarkError",
+    "Grid",
     "Job",
+    "Timing",
     "as_list",
+    "estimate_wall_s",
+    "fmt_duration",
     "fmt_fraction",
     "normalise_grid",
     "pct",
     "plan_jobs",
+    "resolve_grid",
 ]
 
 #: method name -> (label in the tables, overrides of configs/pretrain.yaml; None: no pre-training, from scratch)
@@ -42,16 +48,36 @@ VARIANTS: dict[str, tuple[str, dict[str, Any] | None]] = {
 DEFAULT_VARIANTS: tuple[str, ...] = tuple(VARIANTS)
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.05, 0.1, 0.5, 1.0)
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
-#: --quick True: a small but meaningful CPU grid (< 20 min on 2 CPU cores on the demo data)
-QUICK: dict[str, Any] = {
-    "variants": ("multi_condos", "scratch", "no_contrastive"),
-    "fractions": (0.1, 0.5, 1.0),
-    "seeds": (0,),
-    "pretrain": {"epochs": 6, "epoch_length": 25},
-    "finetune": {"epochs": 10, "epoch_length": 15, "val_interval": 2},
+#: one pre-training per variant by default (as before pre-training seeds existed); --grid cpu has two
+DEFAULT_PRETRAIN_SEEDS: tuple[int, ...] = (0,)
+#: the CPU schedules (demo data, 64x64 slices): pre-training 6 x 25 iterations, fine-tuning 10 x 15
+_CPU_PRETRAIN: dict[str, Any] = {"epochs": 6, "epoch_length": 25}
+_CPU_FINETUNE: dict[str, Any] = {"epochs": 10, "epoch_length": 15, "val_interval": 2}
+#: the grid presets (``--grid NAME``; ``--quick True`` is ``--grid quick``): the grid and the schedules
+GRIDS: dict[str, dict[str, Any]] = {
+    # a small but meaningful CPU grid (< 20 min on 2 CPU cores on the demo data): one run per cell
+    "quick": {
+        "variants": ("multi_condos", "scratch", "no_contrastive"),
+        "fractions": (0.1, 0.5, 1.0),
+        "seeds": (0,),
+        "pretrain_seeds": (0,),
+        "pretrain": _CPU_PRETRAIN,
+        "finetune": _CPU_FINETUNE,
+    },
+    # the statistics grid that fits 2 CPU cores (4 pre-trainings + 60 fine-tunings, about 1.5-2 h on the demo
+    # data): intervals over 2 pre-training seeds x 3 fine-tuning seeds at every fraction
+    "cpu": {
+        "variants": ("multi_condos", "no_contrastive", "scratch"),
+        "fractions": DEFAULT_FRACTIONS,
+        "seeds": (0, 1, 2),
+        "pretrain_seeds": (0, 1),
+        "pretrain": _CPU_PRETRAIN,
+        "finetune": _CPU_FINETUNE,
+    },
 }
-#: the pre-training seed (one pre-training per variant, reused across fine-tuning seeds)
-PRETRAIN_SEED = 0
+QUICK: dict[str, Any] = GRIDS["quick"]
+#: what a run records of its own timing (see ``Timing.from_runs``)
+_TIMING_KEYS = ("wall_s", "train_s", "n_iterations")
 
 
 class BenchmarkError(RuntimeError):
@@ -60,23 +86,70 @@ class BenchmarkError(RuntimeError):
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work: a pre-training of ``variant``, or a fine-tuning + evaluation of ``variant``."""
+    """
+    One unit of work: a pre-training of ``variant`` with ``pretrain_seed``, or a fine-tuning + evaluation of
+    ``variant`` at ``fraction`` with fine-tuning ``seed``, from the pre-training with ``pretrain_seed`` (``None``
+    for scratch).
+    """
 
     kind: str  # "pretrain" | "finetune"
     variant: str
     fraction: float | None = None
     seed: int | None = None
+    pretrain_seed: int | None = None
 
     @property
     def name(self) -> str:
+        """The run's folder relative to the output folder."""
         if self.kind == "pretrain":
-            return f"pretrain/{self.variant}"
-        return f"finetune/{self.variant}/fraction_{fmt_fraction(self.fraction)}_seed_{self.seed}"
+            return f"pretrain/{self.variant}/seed_{self.pretrain_seed}"
+        pretraining = "" if self.pretrain_seed is None else f"pretrain_seed_{self.pretrain_seed}/"
+        return f"finetune/{self.variant}/{pretraining}fraction_{fmt_fraction(self.fraction)}_seed_{self.seed}"
 
     def describe(self) -> str:
+        """The run in a progress line."""
+        pretraining = "" if self.pretrain_seed is None else f" pretrain_seed={self.pretrain_seed}"
         if self.kind == "pretrain":
-            return f"pretrain variant={self.variant}"
-        return f"variant={self.variant} fraction={fmt_fraction(self.fraction)} seed={self.seed}"
+            return f"pretrain variant={self.variant}{pretraining}"
+        return f"variant={self.variant}{pretraining} fraction={fmt_fraction(self.fraction)} seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A validated grid: methods in ``VARIANTS`` order, fractions ascending, seeds in the given order."""
+
+    variants: list[str]
+    fractions: list[float]
+    seeds: list[int]
+    pretrain_seeds: list[int]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """
+    Measured wall time of one kind of run (pre-training, or fine-tuning + evaluation): ``s_per_iteration`` of the
+    training loop and ``fixed_s`` for the rest of a run (set-up, caching, validations, evaluation), from ``n_runs``.
+    """
+
+    s_per_iteration: float
+    fixed_s: float
+    n_runs: int
+
+    def run_s(self, iterations: int) -> float:
+        return self.fixed_s + iterations * self.s_per_iteration
+
+    @classmethod
+    def from_runs(cls, runs: Iterable[Mapping[str, Any]]) -> Timing | None:
+        """
+        The timing of finished runs, each ``{"wall_s", "train_s", "n_iterations"}`` (the run's wall time, the time
+        of its training loop, its iterations; runs without all three are left out); ``None`` without any.
+        """
+        known = [r for r in runs if all(r.get(k) is not None for k in _TIMING_KEYS) and int(r["n_iterations"]) > 0]
+        if not known:
+            return None
+        train_s = sum(float(r["train_s"]) for r in known)
+        fixed_s = sum(max(0.0, float(r["wall_s"]) - float(r["train_s"])) for r in known) / len(known)
+        return cls(train_s / sum(int(r["n_iterations"]) for r in known), fixed_s, len(known))
 
 
 def fmt_fraction(f: float | None) -> str:
@@ -85,6 +158,15 @@ def fmt_fraction(f: float | None) -> str:
 
 def pct(f: float) -> str:
     return f"{100 * float(f):g}%"
+
+
+def fmt_duration(seconds: float) -> str:
+    """``1 h 05 min``, ``12 min`` or ``40 s``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def as_list(value: Any, name: str) -> list:
@@ -96,9 +178,21 @@ def as_list(value: Any, name: str) -> list:
     return out
 
 
+def _as_seeds(values: Any, name: str) -> list[int]:
+    seeds = []
+    for s in as_list(values, name):
+        if isinstance(s, bool) or int(s) != float(s):
+            raise BenchmarkError(f"{name} must be integers, got {s!r}.")
+        seeds.append(int(s))
+    return list(dict.fromkeys(seeds))
+
+
 def normalise_grid(
-    variants: Sequence[str], fractions: Sequence[float], seeds: Sequence[int]
-) -> tuple[list[str], list[float], list[int]]:
+    variants: Sequence[str],
+    fractions: Sequence[float],
+    seeds: Sequence[int],
+    pretrain_seeds: Sequence[int] = DEFAULT_PRETRAIN_SEEDS,
+) -> Grid:
     """Validated grid: known variants (in ``VARIANTS`` order), fractions in (0, 1] ascending, seeds, deduplicated."""
     variants = [str(v) for v in as_list(variants, "variants")]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -108,29 +202,85 @@ def normalise_grid(
     bad = [f for f in fractions if not 0 < f <= 1]
     if bad:
         raise BenchmarkError(f"label fractions must be in (0, 1], got {bad}.")
-    seeds_out = []
-    for s in as_list(seeds, "seeds"):
-        if isinstance(s, bool) or int(s) != float(s):
-            raise BenchmarkError(f"seeds must be integers, got {s!r}.")
-        seeds_out.append(int(s))
-    ordered = [v for v in VARIANTS if v in variants]
-    return ordered, sorted(set(fractions)), list(dict.fromkeys(seeds_out))
+    return Grid(
+        variants=[v for v in VARIANTS if v in variants],
+        fractions=sorted(set(fractions)),
+        seeds=_as_seeds(seeds, "seeds"),
+        pretrain_seeds=_as_seeds(pretrain_seeds, "pretrain_seeds"),
+    )
 
 
-def plan_jobs(variants: Sequence[str], fractions: Sequence[float], seeds: Sequence[int]) -> list[Job]:
+def resolve_grid(
+    grid: str | None = None,
+    quick: bool = False,
+    variants: Sequence[str] | None = None,
+    fractions: Sequence[float] | None = None,
+    seeds: Sequence[int] | None = None,
+    pretrain_seeds: Sequence[int] | None = None,
+) -> tuple[Grid, dict[str, Any], dict[str, Any]]:
     """
-    The runs of the grid, in execution order: seed by seed (one complete table per seed as early as possible), for
-    each seed the fractions ascending, for each fraction the methods; each variant's pre-training just before its
-    first fine-tuning, once for the whole grid.
+    The grid asked for: the preset ``grid`` (``quick`` also with ``quick=True``; none: the defaults) with the given
+    ``variants``, ``fractions``, ``seeds`` and ``pretrain_seeds`` instead of its own; and the preset's pre-training
+    and fine-tuning schedules (overrides of the configs, ``{}`` without a preset).
+
+    Raises:
+        BenchmarkError: an unknown preset, ``quick`` with another preset, or a bad grid (:py:func:`normalise_grid`).
     """
-    variants, fractions, seeds = normalise_grid(variants, fractions, seeds)
+    if quick and grid not in (None, "quick"):
+        raise BenchmarkError(f"--quick True is --grid quick: it cannot be combined with --grid {grid}.")
+    name = "quick" if quick else grid
+    if name is not None and name not in GRIDS:
+        raise BenchmarkError(f"unknown --grid {name!r}; known: {list(GRIDS)}.")
+    preset = GRIDS.get(name, {}) if name is not None else {}
+    defaults = {
+        "variants": DEFAULT_VARIANTS,
+        "fractions": DEFAULT_FRACTIONS,
+        "seeds": DEFAULT_SEEDS,
+        "pretrain_seeds": DEFAULT_PRETRAIN_SEEDS,
+    }
+    given = {"variants": variants, "fractions": fractions, "seeds": seeds, "pretrain_seeds": pretrain_seeds}
+    chosen = {k: v if v is not None else preset.get(k, defaults[k]) for k, v in given.items()}
+    return normalise_grid(**chosen), dict(preset.get("pretrain", {})), dict(preset.get("finetune", {}))
+
+
+def plan_jobs(
+    variants: Sequence[str],
+    fractions: Sequence[float],
+    seeds: Sequence[int],
+    pretrain_seeds: Sequence[int] = DEFAULT_PRETRAIN_SEEDS,
+) -> list[Job]:
+    """
+    The runs of the grid, in execution order: fine-tuning seed by seed (one complete table per seed as early as
+    possible), for each seed the fractions ascending, for each fraction the methods, each pre-trained method once
+    per pre-training seed; each (variant, pre-training seed) is pre-trained once for the whole grid, just before its
+    first fine-tuning. Scratch has no pre-training seed.
+    """
+    grid = normalise_grid(variants, fractions, seeds, pretrain_seeds)
     jobs: list[Job] = []
-    pretrained: set[str] = set()
-    for seed in seeds:
-        for fraction in fractions:
-            for variant in variants:
-                if VARIANTS[variant][1] is not None and variant not in pretrained:
-                    jobs.append(Job("pretrain", variant))
-                    pretrained.add(variant)
-                jobs.append(Job("finetune", variant, fraction, seed))
+    pretrained: set[tuple[str, int]] = set()
+    for seed in grid.seeds:
+        for fraction in grid.fractions:
+            for variant in grid.variants:
+                if VARIANTS[variant][1] is None:
+                    jobs.append(Job("finetune", variant, fraction, seed))
+                    continue
+                for pretrain_seed in grid.pretrain_seeds:
+                    if (variant, pretrain_seed) not in pretrained:
+                        jobs.append(Job("pretrain", variant, pretrain_seed=pretrain_seed))
+                        pretrained.add((variant, pretrain_seed))
+                    jobs.append(Job("finetune", variant, fraction, seed, pretrain_seed))
     return jobs
+
+
+def estimate_wall_s(jobs: Sequence[Job], iterations: Mapping[str, int], timing: Mapping[str, Timing]) -> float | None:
+    """
+    Estimated wall time of ``jobs``: per run, ``timing[kind].run_s(iterations[kind])`` (``kind``: ``pretrain`` or
+    ``finetune``); ``None`` when a kind among ``jobs`` has no timing. The fixed part is measured on runs with their
+    own number of validations, so it is rough when the schedules differ.
+    """
+    total = 0.0
+    for job in jobs:
+        if job.kind not in timing:
+            return None
+        total += timing[job.kind].run_s(int(iterations[job.kind]))
+    return total

@@ -14,7 +14,7 @@ __all__ = ["plot"]
 
 
 def plot(rows: Sequence[Mapping[str, Any]], path: str) -> str | None:
-    """``label_efficiency.png``: test Dice vs label fraction, one line per method, error bars = std over seeds."""
+    """``label_efficiency.png``: test Dice vs label fraction, one line per method, error bars = std over runs."""
     if not rows:
         return None
     import matplotlib
@@ -42,8 +42,10 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str) -> str | None:
     ax.minorticks_off()
     ax.set_xlabel("labeled training subjects")
     ax.set_ylabel("test Dice (3-D, mean over subjects)")
-    seeds = sorted({int(r["seed"]) for r in rows})
-    ax.set_title(f"Label efficiency (mean ± std over {len(seeds)} seed(s))")
+    seeds = {int(r["seed"]) for r in rows}
+    pretrain_seeds = {r.get("pretrain_seed") for r in rows if r.get("pretrain_seed") is not None}
+    over = f"{len(seeds)} fine-tuning" + (f" x {len(pretrain_seeds)} pre-training" if pretrain_seeds else "")
+    ax.set_title(f"Label efficiency (mean ± std over {over} seed(s))")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -11,35 +11,40 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .checks import check_output_dir, check_splits
 from .plan import (
-    DEFAULT_FRACTIONS,
-    DEFAULT_SEEDS,
-    DEFAULT_VARIANTS,
-    PRETRAIN_SEED,
-    QUICK,
     ROOT,
     VARIANTS,
     BenchmarkError,
+    Grid,
     Job,
+    Timing,
     as_list,
-    normalise_grid,
+    estimate_wall_s,
+    fmt_duration,
     plan_jobs,
+    resolve_grid,
 )
 from .report import fmt_number, write_reports
 from .results import (
     check_init_line,
+    finetune_validation,
     generator_features,
     last_losses,
     last_validation,
+    read_init_line,
     read_json,
-    read_metrics_summary,
+    read_selection,
+    read_test_metrics,
+    recorded_settings,
     testing_subject_ids,
+    train_loop_seconds,
 )
-from .runner import BundleRunner, config_defaults, iterations
-from .stats import finite_float
+from .runner import BundleRunner
+from .stats import SUBJECT_KEY, finite_float
 
 __all__ = ["run_benchmark"]
 
@@ -53,6 +58,32 @@ LOSS_WEIGHTS = {
 }
 #: run paths and the dataset location are not part of a run's settings (the resume check compares the rest)
 _PATH_IDS = ("bundle_root", "ckpt_dir", "output_dir", "pretrained_ckpt", "default_pretrained_ckpt")
+#: pre-training's last validation metrics copied into every result row of its fine-tunings
+_PRETRAIN_METRICS = (
+    "val_psnr_ab",
+    "val_psnr_ba",
+    "val_psnr_identity",
+    "val_mae_ab",
+    "val_mae_ba",
+    "val_mae_identity",
+    "val_ssim_ab",
+    "val_ssim_identity",
+)
+#: the timing runs of --measure: this many iterations per epoch, at most this many epochs
+_MEASURE_EPOCH_LENGTH = 2
+_MEASURE_MAX_EPOCHS = 10
+
+
+@dataclass
+class _Setup:
+    """What every run of one benchmark invocation shares."""
+
+    output_dir: str
+    pre_common: dict[str, Any]
+    ft_common: dict[str, Any]
+    runner: Any
+    test_subjects: Sequence[str] = ()
+    report_only: bool = False
 
 
 def _write_json(obj: Any, path: str) -> None:
@@ -78,6 +109,32 @@ def _check_settings(marker: Mapping[str, Any], settings: Mapping[str, Any], run_
         )
 
 
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def _read_marker(job: Job, run_dir: str) -> dict[str, Any] | None:
+    """The marker of a finished run (``done.json`` beside its ``generators.pt``, or ``result.json``), else None."""
+    if job.kind == "pretrain":
+        finished = os.path.isfile(os.path.join(run_dir, "ckpt", "generators.pt"))
+        path = os.path.join(run_dir, "done.json")
+    else:
+        finished, path = True, os.path.join(run_dir, "result.json")
+    return read_json(path) if finished and os.path.isfile(path) else None
+
+
+def _schedule(setup: _Setup, kind: str, overrides: Mapping[str, Any]) -> tuple[str, int | None]:
+    """``("epochs x epoch_length", iterations)`` of a run."""
+    epochs, length = setup.runner.schedule(kind, overrides)
+    return f"{epochs} x {length}", (epochs * length if epochs and length else None)
+
+
+def _timings(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Timing]:
+    """``{kind: Timing}`` from the ``timing`` of finished runs of each kind (kinds without any are left out)."""
+    timings = {kind: Timing.from_runs(r.get("timing") or {} for r in runs) for kind, runs in records.items()}
+    return {kind: t for kind, t in timings.items() if t is not None}
+
+
 def run_benchmark(
     output_dir: str,
     dataset_dir: str | None = None,
@@ -86,255 +143,363 @@ def run_benchmark(
     variants: Sequence[str] | None = None,
     fractions: Sequence[float] | None = None,
     seeds: Sequence[int] | None = None,
+    pretrain_seeds: Sequence[int] | None = None,
     quick: bool = False,
+    grid: str | None = None,
     pretrain_overrides: Mapping[str, Any] | None = None,
     finetune_overrides: Mapping[str, Any] | None = None,
     runner: Any = None,
     dry_run: bool = False,
     report_only: bool = False,
+    measure: bool = False,
     command: str = "",
     echo: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Plan the grid, run what is not finished yet, check every run, write the reports; returns the result rows."""
+    """
+    Plan the grid, run what is not finished yet, check every run, write the reports; returns the result rows.
+    Arguments as ``scripts/benchmark.py``'s (``runner``: a ``BundleRunner`` or one that writes the same files;
+    ``echo``: where the progress lines go).
+    """
     output_dir = check_output_dir(output_dir)
-    variants = list(variants if variants is not None else (QUICK["variants"] if quick else DEFAULT_VARIANTS))
-    fractions = list(fractions if fractions is not None else (QUICK["fractions"] if quick else DEFAULT_FRACTIONS))
-    seeds = list(seeds if seeds is not None else (QUICK["seeds"] if quick else DEFAULT_SEEDS))
-    variants, fractions, seeds = normalise_grid(variants, fractions, seeds)
-    jobs = plan_jobs(variants, fractions, seeds)
+    chosen, pre_schedule, ft_schedule = resolve_grid(grid, quick, variants, fractions, seeds, pretrain_seeds)
+    jobs = plan_jobs(chosen.variants, chosen.fractions, chosen.seeds, chosen.pretrain_seeds)
     modalities = [str(m) for m in as_list(modalities, "modalities")]
     if len(modalities) != 2:
         raise BenchmarkError(f"--modalities needs two datalist keys [A, B], got {modalities}.")
     dataset_dir = os.path.abspath(dataset_dir or os.path.join(ROOT, "data", "demo"))
     data_list_file_path = os.path.abspath(data_list_file_path or os.path.join(dataset_dir, "datalist.json"))
-
     common = {
         "bundle_root": ROOT,
         "dataset_dir": dataset_dir,
         "data_list_file_path": data_list_file_path,
         "modalities": modalities,
     }
-    pre_common = {
-        **common,
-        "seed": PRETRAIN_SEED,
-        **(QUICK["pretrain"] if quick else {}),
-        **dict(pretrain_overrides or {}),
-    }
-    ft_common = {**common, **(QUICK["finetune"] if quick else {}), **dict(finetune_overrides or {})}
+    ft_common = {**common, **ft_schedule, **dict(finetune_overrides or {})}
     if "epochs" in ft_common and "val_interval" not in ft_common:
         ft_common["val_interval"] = min(2, int(ft_common["epochs"]))  # the config's 2, at most the epochs
+    setup = _Setup(
+        output_dir=output_dir,
+        pre_common={**common, **pre_schedule, **dict(pretrain_overrides or {})},
+        ft_common=ft_common,
+        runner=runner or BundleRunner(),
+        report_only=bool(report_only),
+    )
+    if measure or not dry_run:
+        os.makedirs(output_dir, exist_ok=True)
+        if data_list_file_path == os.path.abspath(os.path.join(ROOT, "data", "demo", "datalist.json")):
+            from bundle.demo_data import ensure_demo_dataset
 
+            ensure_demo_dataset(dataset_dir, data_list_file_path)
+    iterations = {
+        "pretrain": _schedule(setup, "pretrain", setup.pre_common)[1],
+        "finetune": _schedule(setup, "finetune", setup.ft_common)[1],
+    }
+    timings, source = _start_timings(setup, jobs, chosen, measure, echo)
     if dry_run:
         for k, job in enumerate(jobs, 1):
             echo(f"[{k}/{len(jobs)}] {job.describe()} (planned: {os.path.join(output_dir, job.name)})")
+        echo(_plan_line(jobs, _unfinished(jobs, output_dir), iterations, timings, source, output_dir))
         return []
 
-    os.makedirs(output_dir, exist_ok=True)
-    if os.path.abspath(data_list_file_path) == os.path.abspath(os.path.join(ROOT, "data", "demo", "datalist.json")):
-        from bundle.demo_data import ensure_demo_dataset
-
-        ensure_demo_dataset(dataset_dir, data_list_file_path)
-    test_subjects = testing_subject_ids(data_list_file_path, dataset_dir, modalities)
-    if not test_subjects:
+    setup.test_subjects = testing_subject_ids(data_list_file_path, dataset_dir, modalities)
+    if not setup.test_subjects:
         raise BenchmarkError(f"{data_list_file_path} has no 'testing' records: the benchmark evaluates on them.")
-
-    import monai
-    import torch
-
-    info = {
-        "command": command or "run_benchmark(...)",
-        "variants": variants,
-        "fractions": fractions,
-        "seeds": seeds,
-        "quick": bool(quick),
-        "data_list_file_path": data_list_file_path,
-        "modalities": modalities,
-        "n_test_subjects": len(test_subjects),
-        "pretrain_overrides": _settings({k: v for k, v in pre_common.items() if k not in common}),
-        "finetune_overrides": _settings({k: v for k, v in ft_common.items() if k not in common}),
-        "device": f"cuda ({torch.cuda.get_device_name(0)})"
-        if torch.cuda.is_available()
-        else f"cpu ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
+    info = _run_info(setup, common, chosen, bool(quick), grid, command)
     if not report_only:
         _write_json(info, os.path.join(output_dir, "benchmark_config.json"))
-    runner = runner or BundleRunner()
     progress_log = os.path.join(output_dir, "progress.log")
 
     def say(text: str) -> None:
         echo(text)
         with open(progress_log, "a") as f:
-            f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {text}\n")
+            f.write(f"{_now()} {text}\n")
 
-    say(f"benchmark: {len(jobs)} runs ({sum(j.kind == 'pretrain' for j in jobs)} pre-trainings) into {output_dir}")
+    say(_plan_line(jobs, _unfinished(jobs, output_dir), iterations, timings, source, output_dir))
     rows: list[dict[str, Any]] = []
-    pretrains: dict[str, dict[str, Any]] = {}
+    pretrains: dict[tuple[str, int], dict[str, Any]] = {}
     wall_total = 0.0
     try:
         for k, job in enumerate(jobs, 1):
             run_dir = os.path.join(output_dir, job.name)
             if job.kind == "pretrain":
-                record, skipped, wall = _pretrain(job, run_dir, pre_common, runner, report_only)
-                if record is None:
-                    say(f"[{k}/{len(jobs)}] {job.describe()} not finished (report only)")
-                    continue
-                pretrains[job.variant] = record
-                v = record["validation"]
-                summary = (
-                    f"val PSNR A→B {fmt_number(v.get('val_psnr_ab'), '.2f')} dB, B→A {fmt_number(v.get('val_psnr_ba'), '.2f')} dB "
-                    f"(identity {fmt_number(v.get('val_psnr_identity'), '.2f')} dB)"
-                )
+                record, skipped, wall = _pretrain(job, run_dir, setup)
             else:
-                pre = pretrains.get(job.variant)
-                record, skipped, wall = _finetune(job, run_dir, ft_common, pre, runner, test_subjects, report_only)
-                if record is None:
-                    say(f"[{k}/{len(jobs)}] {job.describe()} not finished (report only)")
-                    continue
+                pre = pretrains.get((job.variant, job.pretrain_seed))
+                record, skipped, wall = _finetune(job, run_dir, setup, pre)
+            if record is None:
+                say(f"[{k}/{len(jobs)}] {job.describe()} not finished (report only)")
+                continue
+            if job.kind == "pretrain":
+                pretrains[(job.variant, job.pretrain_seed)] = record
+            else:
                 rows.append(record)
-                check_splits(rows, test_subjects)
-                summary = f"test Dice {fmt_number(record.get('test_dice'))} (HD95 {fmt_number(record.get('test_hd95'), '.1f')} mm)"
+                check_splits(rows, setup.test_subjects)
             wall_total += wall
             when = "skipped (finished earlier)" if skipped else f"done in {wall:.1f}s"
-            say(f"[{k}/{len(jobs)}] {job.describe()} {when}, {summary}")
+            if not skipped:
+                timings = {**timings, **_timings({"pretrain": list(pretrains.values()), "finetune": rows})}
+                source = "the runs finished so far"
+            left = None if skipped else _estimate(jobs[k:], iterations, timings, source)
+            say(
+                f"[{k}/{len(jobs)}] {job.describe()} {when}, {_run_summary(job, record)}"
+                + (f"; left: {left}" if left else "")
+            )
     finally:
-        info = {**info, "wall_total_s": wall_total, "written": datetime.datetime.now().isoformat(timespec="seconds")}
+        info = {**info, "wall_total_s": wall_total, "written": _now()}
         if rows or pretrains:
             write_reports(output_dir, rows, pretrains, info)
     say(f"benchmark finished: {os.path.join(output_dir, 'results.md')}")
     return rows
 
 
-def _pretrain(
-    job: Job, run_dir: str, pre_common: Mapping[str, Any], runner: Any, report_only: bool = False
-) -> tuple[dict | None, bool, float]:
-    overrides = {**pre_common, **VARIANTS[job.variant][1]}
+def _plan_line(
+    jobs: Sequence[Job],
+    unfinished: Sequence[Job],
+    iterations: Mapping[str, int | None],
+    timings: Mapping[str, Timing],
+    source: str,
+    output_dir: str,
+) -> str:
+    """The planned runs, and the estimated wall time of those not finished yet."""
+    n_pre = sum(j.kind == "pretrain" for j in jobs)
+    line = f"benchmark: {len(jobs)} runs ({n_pre} pre-trainings, {len(jobs) - n_pre} fine-tunings) into {output_dir}"
+    if not unfinished:
+        return line + "; all finished"
+    estimate = _estimate(unfinished, iterations, timings, source)
+    return line + f"; estimated wall time {estimate or 'after the first runs (or with --measure True)'}"
+
+
+def _unfinished(jobs: Sequence[Job], output_dir: str) -> list[Job]:
+    return [j for j in jobs if _read_marker(j, os.path.join(output_dir, j.name)) is None]
+
+
+def _estimate(
+    jobs: Sequence[Job], iterations: Mapping[str, int | None], timings: Mapping[str, Timing], source: str
+) -> str | None:
+    """``~1 h 05 min for 12 run(s) (timing from ...)``; ``None`` without jobs, timings or resolved schedules."""
+    if not jobs or any(iterations.get(j.kind) is None for j in jobs):
+        return None
+    seconds = estimate_wall_s(jobs, iterations, timings)
+    return None if seconds is None else f"~{fmt_duration(seconds)} for {len(jobs)} run(s) (timing from {source})"
+
+
+def _start_timings(
+    setup: _Setup, jobs: Sequence[Job], grid: Grid, measure: bool, echo: Callable[[str], None]
+) -> tuple[dict[str, Timing], str]:
+    """The timings to estimate with before the first run: measured now (``measure``), else from finished runs."""
+    if measure:
+        echo("measuring the time per iteration (short timing runs of each kind) ...")
+        return _measure_timings(setup, grid), "timing runs of this grid's settings"
+    finished = {"pretrain": [], "finetune": []}
+    for job in jobs:
+        marker = _read_marker(job, os.path.join(setup.output_dir, job.name))
+        if marker is not None:
+            finished[job.kind].append(marker)
+    return _timings(finished), "the finished runs in this folder"
+
+
+def _measure_timings(setup: _Setup, grid: Grid) -> dict[str, Timing]:
+    """
+    One short pre-training (when the grid has a pre-trained method) and one fine-tuning + evaluation from scratch
+    (the largest fraction) with this grid's settings and epochs (at most ``_MEASURE_MAX_EPOCHS``), each epoch of
+    ``_MEASURE_EPOCH_LENGTH`` iterations, in a folder deleted afterwards: their timings, validations included.
+    """
+    work = os.path.join(setup.output_dir, "timing_runs")
+    shutil.rmtree(work, ignore_errors=True)
+    records: dict[str, list[dict[str, Any]]] = {"pretrain": [], "finetune": []}
+    try:
+        if any(VARIANTS[v][1] is not None for v in grid.variants):
+            overrides = _short_schedule(setup, "pretrain", setup.pre_common)
+            overrides.update({"ckpt_dir": os.path.join(work, "pre", "ckpt"), "output_dir": os.path.join(work, "pre", "out")})
+            start = time.perf_counter()
+            setup.runner.pretrain(overrides, os.path.join(work, "pre.log"))
+            timing = {"wall_s": time.perf_counter() - start, "n_iterations": _schedule(setup, "pretrain", overrides)[1]}
+            records["pretrain"].append({"timing": {**timing, "train_s": _train_s(overrides, "pretrain")}})
+        overrides = {**_short_schedule(setup, "finetune", setup.ft_common), "pretrained_ckpt": None, "seed": 0}
+        overrides.update({"label_fraction": max(grid.fractions), "ckpt_dir": os.path.join(work, "ft", "models")})
+        overrides["output_dir"] = os.path.join(work, "ft", "train")
+        start = time.perf_counter()
+        setup.runner.finetune(overrides, os.path.join(work, "ft.log"))
+        setup.runner.evaluate(
+            {**overrides, "output_dir": os.path.join(work, "ft", "eval")}, os.path.join(work, "ft.log")
+        )
+        timing = {"wall_s": time.perf_counter() - start, "n_iterations": _schedule(setup, "finetune", overrides)[1]}
+        records["finetune"].append({"timing": {**timing, "train_s": _train_s(overrides, "finetune")}})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return _timings(records)
+
+
+def _short_schedule(setup: _Setup, kind: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` with the --measure schedule: the run's epochs (capped), ``_MEASURE_EPOCH_LENGTH`` each."""
+    epochs, _ = setup.runner.schedule(kind, overrides)
+    epochs = min(int(epochs or 1), _MEASURE_MAX_EPOCHS)
+    short = {**overrides, "epochs": epochs, "epoch_length": _MEASURE_EPOCH_LENGTH}
+    if "val_interval" in short:
+        short["val_interval"] = min(int(short["val_interval"]), epochs)
+    return short
+
+
+def _train_s(overrides: Mapping[str, Any], kind: str) -> float | None:
+    """The training loop's seconds of a run, from its trainer's log in its output folder."""
+    log = "pretrain_log.txt" if kind == "pretrain" else "train_log.txt"
+    return train_loop_seconds(os.path.join(overrides["output_dir"], log))
+
+
+def _run_info(
+    setup: _Setup, common: Mapping[str, Any], grid: Grid, quick: bool, grid_name: str | None, command: str
+) -> dict[str, Any]:
+    """``benchmark_config.json`` and the settings of ``results.md``."""
+    import monai
+    import torch
+
+    return {
+        "command": command or "run_benchmark(...)",
+        "grid": "quick" if quick else grid_name,
+        "variants": grid.variants,
+        "fractions": grid.fractions,
+        "seeds": grid.seeds,
+        "pretrain_seeds": grid.pretrain_seeds,
+        "quick": quick,
+        "data_list_file_path": common["data_list_file_path"],
+        "modalities": common["modalities"],
+        "n_test_subjects": len(setup.test_subjects),
+        "pretrain_overrides": _settings({k: v for k, v in setup.pre_common.items() if k not in common}),
+        "finetune_overrides": _settings({k: v for k, v in setup.ft_common.items() if k not in common}),
+        "device": f"cuda ({torch.cuda.get_device_name(0)})"
+        if torch.cuda.is_available()
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "started": _now(),
+    }
+
+
+def _run_summary(job: Job, record: Mapping[str, Any]) -> str:
+    """The end of a run's progress line: its main numbers."""
+    if job.kind == "pretrain":
+        ab, ba, identity = (fmt_number(record["validation"].get(k), ".2f") for k in _PRETRAIN_METRICS[:3])
+        return f"val PSNR A→B {ab} dB, B→A {ba} dB (identity {identity} dB)"
+    return (
+        f"test Dice {fmt_number(record.get('test_dice'))} (HD95 {fmt_number(record.get('test_hd95'), '.1f')} mm), "
+        f"best epoch {record.get('best_epoch')} of {record.get('last_epoch')}"
+    )
+
+
+def _pretrain(job: Job, run_dir: str, setup: _Setup) -> tuple[dict | None, bool, float]:
+    overrides = {**setup.pre_common, **VARIANTS[job.variant][1], "seed": int(job.pretrain_seed)}
     settings = _settings(overrides)
-    marker_path = os.path.join(run_dir, "done.json")
-    generators_file = os.path.join(run_dir, "ckpt", "generators.pt")
-    if os.path.isfile(marker_path) and os.path.isfile(generators_file):
-        marker = read_json(marker_path)
+    marker = _read_marker(job, run_dir)
+    if marker is not None:
         _check_settings(marker, settings, run_dir)
         return marker, True, float(marker.get("wall_s") or 0)
-    if report_only:
+    if setup.report_only:
         return None, False, 0.0
     if os.path.exists(run_dir):
         shutil.rmtree(run_dir)  # an unfinished run of ours: start it again
     overrides.update({"ckpt_dir": os.path.join(run_dir, "ckpt"), "output_dir": os.path.join(run_dir, "out")})
     start = time.perf_counter()
-    runner.pretrain(overrides, os.path.join(run_dir, "workflow.log"))
+    setup.runner.pretrain(overrides, os.path.join(run_dir, "workflow.log"))
     wall = time.perf_counter() - start
+    generators_file = os.path.join(run_dir, "ckpt", "generators.pt")
     if not os.path.isfile(generators_file):
         raise BenchmarkError(f"pre-training {job.variant} finished without {generators_file}.")
-    recorded = os.path.join(overrides["ckpt_dir"], "run_config.json")
-    used = read_json(recorded).get("settings", {}) if os.path.isfile(recorded) else {}
-    defaults = config_defaults("pretrain.yaml")
-    weights = {
-        term: finite_float(used.get(key, overrides.get(key, defaults.get(key)))) for term, key in LOSS_WEIGHTS.items()
-    }
+    used = recorded_settings(overrides["ckpt_dir"])
+    configured = setup.runner.config_values("pretrain", overrides, list(LOSS_WEIGHTS.values()))
+    weights = {term: finite_float(used.get(key, configured.get(key))) for term, key in LOSS_WEIGHTS.items()}
+    schedule, n_iterations = _schedule(setup, "pretrain", overrides)
     record = {
         "variant": job.variant,
+        "pretrain_seed": int(job.pretrain_seed),
         "settings": settings,
         "generators_file": generators_file,
         "validation": last_validation(overrides["output_dir"]),
         "losses": last_losses(overrides["output_dir"]),
         "weights": weights,
-        "iterations": iterations(overrides, "pretrain.yaml"),
+        "iterations": schedule,
         "wall_s": wall,
-        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+        "timing": {"wall_s": wall, "train_s": _train_s(overrides, "pretrain"), "n_iterations": n_iterations},
+        "finished": _now(),
     }
-    _write_json(record, marker_path)
+    _write_json(record, os.path.join(run_dir, "done.json"))
     return record, False, wall
 
 
-def _finetune(
-    job: Job,
-    run_dir: str,
-    ft_common: Mapping[str, Any],
-    pre: Mapping[str, Any] | None,
-    runner: Any,
-    test_subjects: Sequence[str],
-    report_only: bool = False,
-) -> tuple[dict | None, bool, float]:
+def _finetune(job: Job, run_dir: str, setup: _Setup, pre: Mapping[str, Any] | None) -> tuple[dict | None, bool, float]:
     pretrained = VARIANTS[job.variant][1] is not None
-    if pretrained and pre is None and report_only:
+    if pretrained and pre is None and setup.report_only:
         return None, False, 0.0
     if pretrained and pre is None:
         raise BenchmarkError(f"{job.name}: no pre-training of {job.variant} (planning error).")
-    overrides = {**ft_common, "label_fraction": float(job.fraction), "seed": int(job.seed)}
+    overrides = {**setup.ft_common, "label_fraction": float(job.fraction), "seed": int(job.seed)}
     settings = _settings(overrides)
     settings["pretraining"] = pre["settings"] if pretrained else None
-    marker_path = os.path.join(run_dir, "result.json")
-    if os.path.isfile(marker_path):
-        marker = read_json(marker_path)
+    marker = _read_marker(job, run_dir)
+    if marker is not None:
         _check_settings(marker, settings, run_dir)
+        if SUBJECT_KEY not in marker:  # written before the per-subject results and epochs were kept
+            marker.update(
+                {
+                    **read_test_metrics(os.path.join(run_dir, "eval")),
+                    **finetune_validation(os.path.join(run_dir, "train")),
+                }
+            )
         return marker, True, float(marker.get("finetune_wall_s") or 0) + float(marker.get("eval_wall_s") or 0)
-    if report_only:
+    if setup.report_only:
         return None, False, 0.0
     if os.path.exists(run_dir):
         shutil.rmtree(run_dir)
     generators_file = pre["generators_file"] if pretrained else None
+    train_dir = os.path.join(run_dir, "train")
     overrides.update(
         {
             "pretrained_ckpt": generators_file,  # None: from scratch (checked through init.txt below)
             "ckpt_dir": os.path.join(run_dir, "models"),
-            "output_dir": os.path.join(run_dir, "train"),
+            "output_dir": train_dir,
         }
     )
     log_file = os.path.join(run_dir, "workflow.log")
     start = time.perf_counter()
-    extras = runner.finetune(overrides, log_file) or {}
+    setup.runner.finetune(overrides, log_file)
     finetune_wall = time.perf_counter() - start
-    init_path = os.path.join(overrides["output_dir"], "init.txt")
-    if not os.path.isfile(init_path):
-        raise BenchmarkError(f"{run_dir}: the fine-tuning wrote no init.txt, so its initialisation is unknown.")
-    with open(init_path) as f:
-        init_line = check_init_line(f.readline(), job.variant, generators_file, run_dir)
-    selection = read_json(os.path.join(overrides["output_dir"], "label_subjects.json"))
+    init_line = check_init_line(read_init_line(train_dir, run_dir), job.variant, generators_file, run_dir)
+    selection = read_selection(train_dir)
     # the evaluation network must have the fine-tuned topology: the generator's features when pre-trained
     eval_overrides = {**overrides, "output_dir": os.path.join(run_dir, "eval")}
     if generators_file is not None:
         eval_overrides["features"] = generator_features(generators_file)
     start = time.perf_counter()
-    runner.evaluate(eval_overrides, log_file)
+    setup.runner.evaluate(eval_overrides, log_file)
     eval_wall = time.perf_counter() - start
     validation = pre.get("validation", {}) if pretrained else {}
+    schedule, n_iterations = _schedule(setup, "finetune", overrides)
     record = {
         "method": job.variant,
         "label": VARIANTS[job.variant][0],
+        "pretrain_seed": job.pretrain_seed,
         "fraction": float(job.fraction),
         "seed": int(job.seed),
         "n_label_subjects": len(selection["training_subjects"]),
         "label_subjects": sorted(selection["training_subjects"]),
         "validation_subjects": sorted(selection.get("validation_subjects", [])),
         "init": init_line,
-        **read_metrics_summary(eval_overrides["output_dir"]),
-        "best_val_dice": extras.get("best_val_dice"),
-        "best_val_epoch": extras.get("best_val_epoch"),
-        **{
-            f"pretrain_{k}": validation.get(k)
-            for k in (
-                "val_psnr_ab",
-                "val_psnr_ba",
-                "val_psnr_identity",
-                "val_mae_ab",
-                "val_mae_ba",
-                "val_mae_identity",
-                "val_ssim_ab",
-                "val_ssim_identity",
-            )
-        },
+        **read_test_metrics(eval_overrides["output_dir"]),
+        **finetune_validation(train_dir),
+        **{f"pretrain_{k}": validation.get(k) for k in _PRETRAIN_METRICS},
         "pretrain_wall_s": pre.get("wall_s") if pretrained else None,
         "finetune_wall_s": finetune_wall,
         "eval_wall_s": eval_wall,
-        "finetune_iterations": iterations(overrides, "train.yaml"),
+        "finetune_iterations": schedule,
+        "timing": {
+            "wall_s": finetune_wall + eval_wall,
+            "train_s": _train_s(overrides, "finetune"),
+            "n_iterations": n_iterations,
+        },
         "settings": settings,
-        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+        "finished": _now(),
     }
-    leaked = sorted(set(test_subjects) & (set(record["label_subjects"]) | set(record["validation_subjects"])))
+    leaked = sorted(set(setup.test_subjects) & (set(record["label_subjects"]) | set(record["validation_subjects"])))
     if leaked:
         raise BenchmarkError(f"{run_dir}: test subjects {leaked} were used for fine-tuning.")
-    _write_json(record, marker_path)
+    _write_json(record, os.path.join(run_dir, "result.json"))
     return record, False, finetune_wall + eval_wall

@@ -1,13 +1,19 @@
 # Copyright (c) multi-condos contributors
 # Licensed under the Apache License, Version 2.0
-"""Everything the benchmark reads from what a run wrote: the recorded ``init:`` line, pre-training's last
-validation and losses, the test metrics, the generator's topology, the test subjects of the datalist."""
+"""
+Everything the benchmark reads from what a run wrote, in one place (so that it can switch to other records of a run
+without touching the rest): the recorded ``init:`` line and label subjects of a fine-tuning, its validation history
+(best and last epoch), the test metrics (summary and per subject), pre-training's last validation and losses, the
+time of the training loops, the generator's topology, and the test subjects of the datalist.
+"""
 
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,13 +22,24 @@ from .stats import finite_float
 
 __all__ = [
     "check_init_line",
+    "finetune_validation",
     "generator_features",
     "last_losses",
     "last_validation",
+    "read_init_line",
     "read_json",
-    "read_metrics_summary",
+    "read_selection",
+    "read_test_metrics",
+    "recorded_settings",
     "testing_subject_ids",
+    "train_loop_seconds",
+    "validation_history",
 ]
+
+#: the validation metric of fine-tuning (configs/train.yaml ``validate#key_metric``), written by its TensorBoard handler
+VALIDATION_TAG = "val_mean_dice"
+#: a trainer's epoch line in its log file (ignite: "Epoch[3] Complete. Time taken: 00:01:02.345")
+_EPOCH_LINE = re.compile(r"Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):(\d+(?:\.\d+)?)")
 
 
 def check_init_line(line: str, variant: str, generators_file: str | None, run_dir: str = "") -> str:
@@ -57,9 +74,77 @@ def check_init_line(line: str, variant: str, generators_file: str | None, run_di
     return line
 
 
+def read_init_line(train_dir: str, run_dir: str = "") -> str:
+    """
+    The ``init:`` line a fine-tuning recorded in ``train_dir/init.txt``.
+
+    Raises:
+        BenchmarkError: without that file (the run's initialisation is unknown).
+    """
+    path = os.path.join(train_dir, "init.txt")
+    if not os.path.isfile(path):
+        raise BenchmarkError(
+            f"{run_dir or train_dir}: the fine-tuning wrote no init.txt, so its initialisation is unknown."
+        )
+    with open(path) as f:
+        return f.readline()
+
+
+def read_selection(train_dir: str) -> dict[str, Any]:
+    """The subjects a fine-tuning used (``label_subjects.json``: ``training_subjects``, ``validation_subjects``)."""
+    return read_json(os.path.join(train_dir, "label_subjects.json"))
+
+
+def recorded_settings(ckpt_dir: str) -> dict[str, Any]:
+    """The settings a run recorded in ``ckpt_dir/run_config.json`` (``{}`` without that file)."""
+    path = os.path.join(ckpt_dir, "run_config.json")
+    return dict(read_json(path).get("settings") or {}) if os.path.isfile(path) else {}
+
+
 def read_json(path: str) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def validation_history(train_dir: str, tag: str = VALIDATION_TAG) -> list[tuple[int, float]]:
+    """
+    ``[(epoch, value)]`` of every validation of a fine-tuning, sorted by epoch, from the TensorBoard event files its
+    validation handler wrote in ``train_dir`` (step = the trainer's epoch); ``[]`` without them.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    history: dict[int, float] = {}
+    for path in sorted(glob.glob(os.path.join(train_dir, "events.out.tfevents.*"))):
+        for event in EventFileLoader(path).Load():
+            for value in event.summary.value:
+                if value.tag == tag:
+                    history[int(event.step)] = float(tensor_util.make_ndarray(value.tensor).item())
+    return sorted(history.items())
+
+
+def finetune_validation(train_dir: str) -> dict[str, Any]:
+    """
+    The validation history of a fine-tuning in brief: ``best_val_dice`` and ``best_epoch`` (the first epoch with
+    the best Dice, as MONAI's checkpoint saver keeps ``model.pt`` on strict improvement), ``last_val_dice`` and
+    ``last_epoch`` (the last validation); ``None`` values without a history.
+    """
+    history = [(epoch, value) for epoch, value in validation_history(train_dir) if finite_float(value) is not None]
+    if not history:
+        return {"best_val_dice": None, "best_epoch": None, "last_val_dice": None, "last_epoch": None}
+    best_epoch, best = max(history, key=lambda item: (item[1], -item[0]))
+    last_epoch, last = history[-1]
+    return {"best_val_dice": best, "best_epoch": best_epoch, "last_val_dice": last, "last_epoch": last_epoch}
+
+
+def train_loop_seconds(log_file: str) -> float | None:
+    """The seconds a trainer spent in its epochs (its log's ``Epoch[N] Complete. Time taken`` lines), or ``None``."""
+    if not os.path.isfile(log_file):
+        return None
+    with open(log_file, errors="replace") as f:
+        epochs = [_EPOCH_LINE.search(line) for line in f]
+    times = [int(m[2]) * 3600 + int(m[3]) * 60 + float(m[4]) for m in epochs if m]
+    return sum(times) if times else None
 
 
 def last_validation(output_dir: str) -> dict[str, float]:
@@ -93,9 +178,15 @@ def last_losses(output_dir: str) -> dict[str, float]:
     return out
 
 
-def read_metrics_summary(eval_dir: str) -> dict[str, Any]:
+def read_test_metrics(eval_dir: str) -> dict[str, Any]:
+    """
+    The test metrics of an evaluation: the means of ``metrics_summary.json`` (``test_dice``, ...) and the Dice of
+    every test subject from ``metrics.csv`` (``test_subject_dice``: ``{subject: Dice}``, ``None`` where undefined).
+    """
     summary = read_json(os.path.join(eval_dir, "metrics_summary.json"))
-    out: dict[str, Any] = {"n_test_subjects": summary.get("n_subjects")}
+    with open(os.path.join(eval_dir, "metrics.csv"), newline="") as f:
+        subjects = {r["subject"]: finite_float(r.get("dice")) for r in csv.DictReader(f)}
+    out: dict[str, Any] = {"n_test_subjects": summary.get("n_subjects"), "test_subject_dice": subjects}
     for name in ("dice", "iou", "hd95", "sensitivity", "precision"):
         s = summary.get(name) or {}
         out[f"test_{name}"] = s.get("mean")

@@ -1,7 +1,7 @@
 # Copyright (c) multi-condos contributors
 # Licensed under the Apache License, Version 2.0
-"""Running the bundle's configs in-process (``ConfigWorkflow``), each run's logs into its own file; the configs'
-own values (schedules, loss weights)."""
+"""Running the bundle's configs in-process (``ConfigWorkflow``), each run's logs into its own file, and the values
+the configs give a run (schedules, loss weights)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,19 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .plan import ROOT, BenchmarkError
 
-__all__ = ["BundleRunner", "config_defaults", "iterations"]
+__all__ = ["BundleRunner"]
+
+#: the config files of each kind of run (before the preset)
+_CONFIGS: dict[str, tuple[str, ...]] = {
+    "pretrain": ("pretrain.yaml",),
+    "finetune": ("train.yaml",),
+    "evaluate": ("train.yaml", "evaluate.yaml"),
+}
 
 
 def _all_loggers() -> list[logging.Logger]:
@@ -81,10 +88,37 @@ class BundleRunner:
     def _config(self, name: str) -> str:
         return os.path.join(self.root, "configs", name)
 
-    def _run(self, config_file: Any, overrides: Mapping[str, Any], run_id: str, log_file: str) -> Any:
+    def config_files(self, kind: str) -> list[str]:
+        """The config files of a ``pretrain``, ``finetune`` or ``evaluate`` run, the preset last."""
+        return [self._config(name) for name in _CONFIGS[kind]] + self.presets
+
+    def config_values(self, kind: str, overrides: Mapping[str, Any], ids: Sequence[str]) -> dict[str, Any]:
+        """
+        The values of the top-level ``ids`` a ``kind`` run gets with ``overrides`` (the preset's expressions
+        resolved; ``None`` for an id the configs do not resolve), without building the workflow.
+        """
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(self.config_files(kind))
+        parser.update(dict(overrides))
+        values = {}
+        for name in ids:
+            try:
+                values[name] = parser.get_parsed_content(name)
+            except Exception:  # an id this config lacks, or one that needs more than plain values
+                values[name] = None
+        return values
+
+    def schedule(self, kind: str, overrides: Mapping[str, Any]) -> tuple[int | None, int | None]:
+        """``(epochs, epoch_length)`` of a ``pretrain`` or ``finetune`` run (``None`` where unresolved)."""
+        values = self.config_values(kind, overrides, ("epochs", "epoch_length"))
+        return tuple(int(v) if isinstance(v, (int, float)) else None for v in values.values())
+
+    def _run(self, kind: str, overrides: Mapping[str, Any], run_id: str, log_file: str) -> None:
         from monai.bundle import ConfigWorkflow
 
-        config_files = [*(config_file if isinstance(config_file, list) else [config_file]), *self.presets]
+        config_files = self.config_files(kind)
         os.makedirs(os.path.dirname(log_file), exist_ok=True)
         with open(log_file, "a") as log:
             redirect = contextlib.ExitStack()
@@ -104,7 +138,6 @@ class BundleRunner:
                     )
                     wf.initialize()
                     wf.run()
-                    extras = self._extras(wf)
                     wf.finalize()
             except BaseException as e:  # SystemExit of the configs' data checks included
                 _detach_handlers(log)
@@ -118,43 +151,12 @@ class BundleRunner:
                 _detach_handlers(log)
         del wf
         gc.collect()
-        return extras
 
-    @staticmethod
-    def _extras(wf: Any) -> dict[str, Any]:
-        try:
-            evaluator = wf.parser.get_parsed_content("validate#evaluator")
-            return {
-                "best_val_dice": float(evaluator.state.best_metric),
-                "best_val_epoch": int(evaluator.state.best_metric_epoch),
-            }
-        except Exception:
-            return {}
+    def pretrain(self, overrides: Mapping[str, Any], log_file: str) -> None:
+        self._run("pretrain", overrides, "training", log_file)
 
-    def pretrain(self, overrides: Mapping[str, Any], log_file: str) -> dict[str, Any]:
-        self._run(self._config("pretrain.yaml"), overrides, "training", log_file)
-        return {}
+    def finetune(self, overrides: Mapping[str, Any], log_file: str) -> None:
+        self._run("finetune", overrides, "run", log_file)
 
-    def finetune(self, overrides: Mapping[str, Any], log_file: str) -> dict[str, Any]:
-        return self._run(self._config("train.yaml"), overrides, "run", log_file)
-
-    def evaluate(self, overrides: Mapping[str, Any], log_file: str) -> dict[str, Any]:
-        self._run([self._config("train.yaml"), self._config("evaluate.yaml")], overrides, "run", log_file)
-        return {}
-
-
-def config_defaults(name: str = "pretrain.yaml") -> dict[str, Any]:
-    """The top-level values of ``configs/<name>`` as written (loss weights, schedules), ``{}`` if unreadable."""
-    from monai.bundle import ConfigParser
-
-    try:
-        return dict(ConfigParser.load_config_file(os.path.join(ROOT, "configs", name)))
-    except Exception:
-        return {}
-
-
-def iterations(overrides: Mapping[str, Any], config: str) -> str:
-    """``epochs x epoch_length`` of a run (its overrides, else the config's values)."""
-    defaults = config_defaults(config)
-    epochs, length = (overrides.get(k, defaults.get(k)) for k in ("epochs", "epoch_length"))
-    return f"{epochs} x {length}"
+    def evaluate(self, overrides: Mapping[str, Any], log_file: str) -> None:
+        self._run("evaluate", overrides, "run", log_file)
