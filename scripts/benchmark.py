@@ -47,7 +47,7 @@ over runs; paired differences with intervals), ``label_efficiency.png``, ``progr
 ``done.json`` / ``result.json``); an unfinished one is deleted and run again.
 
 This file is the CLI; the benchmark itself is the package ``scripts/label_efficiency/`` (plan, runner, results,
-checks, stats, report, plots, protocol).
+checks, stats, timing, report, plots, protocol).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 # Copyright (c) multi-condos contributors
 # Licensed under the Apache License, Version 2.0
 """The benchmark's grid: the methods (pre-training variants and scratch), the default grid and the presets
-(``--quick``, ``--grid cpu``), the runs planned for a grid in execution order, and their estimated wall time."""
+(``--quick``, ``--grid cpu``), and the runs planned for a grid in execution order."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +25,7 @@ __all__ = [
     "BenchmarkError",
     "Grid",
     "Job",
-    "Timing",
     "as_list",
-    "estimate_wall_s",
-    "fmt_duration",
     "fmt_fraction",
     "normalise_grid",
     "pct",
@@ -76,8 +73,6 @@ GRIDS: dict[str, dict[str, Any]] = {
     },
 }
 QUICK: dict[str, Any] = GRIDS["quick"]
-#: what a run records of its own timing (see ``Timing.from_runs``)
-_TIMING_KEYS = ("wall_s", "train_s", "n_iterations")
 
 
 class BenchmarkError(RuntimeError):
@@ -124,49 +119,12 @@ class Grid:
     pretrain_seeds: list[int]
 
 
-@dataclass(frozen=True)
-class Timing:
-    """
-    Measured wall time of one kind of run (pre-training, or fine-tuning + evaluation): ``s_per_iteration`` of the
-    training loop and ``fixed_s`` for the rest of a run (set-up, caching, validations, evaluation), from ``n_runs``.
-    """
-
-    s_per_iteration: float
-    fixed_s: float
-    n_runs: int
-
-    def run_s(self, iterations: int) -> float:
-        return self.fixed_s + iterations * self.s_per_iteration
-
-    @classmethod
-    def from_runs(cls, runs: Iterable[Mapping[str, Any]]) -> Timing | None:
-        """
-        The timing of finished runs, each ``{"wall_s", "train_s", "n_iterations"}`` (the run's wall time, the time
-        of its training loop, its iterations; runs without all three are left out); ``None`` without any.
-        """
-        known = [r for r in runs if all(r.get(k) is not None for k in _TIMING_KEYS) and int(r["n_iterations"]) > 0]
-        if not known:
-            return None
-        train_s = sum(float(r["train_s"]) for r in known)
-        fixed_s = sum(max(0.0, float(r["wall_s"]) - float(r["train_s"])) for r in known) / len(known)
-        return cls(train_s / sum(int(r["n_iterations"]) for r in known), fixed_s, len(known))
-
-
 def fmt_fraction(f: float | None) -> str:
     return "none" if f is None else f"{float(f):g}"
 
 
 def pct(f: float) -> str:
     return f"{100 * float(f):g}%"
-
-
-def fmt_duration(seconds: float) -> str:
-    """``1 h 05 min``, ``12 min`` or ``40 s``."""
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def as_list(value: Any, name: str) -> list:
@@ -270,17 +228,3 @@ def plan_jobs(
                         pretrained.add((variant, pretrain_seed))
                     jobs.append(Job("finetune", variant, fraction, seed, pretrain_seed))
     return jobs
-
-
-def estimate_wall_s(jobs: Sequence[Job], iterations: Mapping[str, int], timing: Mapping[str, Timing]) -> float | None:
-    """
-    Estimated wall time of ``jobs``: per run, ``timing[kind].run_s(iterations[kind])`` (``kind``: ``pretrain`` or
-    ``finetune``); ``None`` when a kind among ``jobs`` has no timing. The fixed part is measured on runs with their
-    own number of validations, so it is rough when the schedules differ.
-    """
-    total = 0.0
-    for job in jobs:
-        if job.kind not in timing:
-            return None
-        total += timing[job.kind].run_s(int(iterations[job.kind]))
-    return total

@@ -15,19 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checks import check_output_dir, check_splits
-from .plan import (
-    ROOT,
-    VARIANTS,
-    BenchmarkError,
-    Grid,
-    Job,
-    Timing,
-    as_list,
-    estimate_wall_s,
-    fmt_duration,
-    plan_jobs,
-    resolve_grid,
-)
+from .plan import ROOT, VARIANTS, BenchmarkError, Grid, Job, as_list, plan_jobs, resolve_grid
 from .report import fmt_number, write_reports
 from .results import (
     check_init_line,
@@ -41,10 +29,10 @@ from .results import (
     read_test_metrics,
     recorded_settings,
     testing_subject_ids,
-    train_loop_seconds,
 )
 from .runner import BundleRunner
 from .stats import SUBJECT_KEY, finite_float
+from .timing import Timing, estimate_text, measure_timings, run_iterations, run_timing, timings_of
 
 __all__ = ["run_benchmark"]
 
@@ -69,9 +57,6 @@ _PRETRAIN_METRICS = (
     "val_ssim_ab",
     "val_ssim_identity",
 )
-#: the timing runs of --measure: this many iterations per epoch, at most this many epochs
-_MEASURE_EPOCH_LENGTH = 2
-_MEASURE_MAX_EPOCHS = 10
 
 
 @dataclass
@@ -121,18 +106,6 @@ def _read_marker(job: Job, run_dir: str) -> dict[str, Any] | None:
     else:
         finished, path = True, os.path.join(run_dir, "result.json")
     return read_json(path) if finished and os.path.isfile(path) else None
-
-
-def _schedule(setup: _Setup, kind: str, overrides: Mapping[str, Any]) -> tuple[str, int | None]:
-    """``("epochs x epoch_length", iterations)`` of a run."""
-    epochs, length = setup.runner.schedule(kind, overrides)
-    return f"{epochs} x {length}", (epochs * length if epochs and length else None)
-
-
-def _timings(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Timing]:
-    """``{kind: Timing}`` from the ``timing`` of finished runs of each kind (kinds without any are left out)."""
-    timings = {kind: Timing.from_runs(r.get("timing") or {} for r in runs) for kind, runs in records.items()}
-    return {kind: t for kind, t in timings.items() if t is not None}
 
 
 def run_benchmark(
@@ -191,8 +164,8 @@ def run_benchmark(
 
             ensure_demo_dataset(dataset_dir, data_list_file_path)
     iterations = {
-        "pretrain": _schedule(setup, "pretrain", setup.pre_common)[1],
-        "finetune": _schedule(setup, "finetune", setup.ft_common)[1],
+        "pretrain": run_iterations(setup.runner, "pretrain", setup.pre_common)[1],
+        "finetune": run_iterations(setup.runner, "finetune", setup.ft_common)[1],
     }
     timings, source = _start_timings(setup, jobs, chosen, measure, echo)
     if dry_run:
@@ -237,9 +210,9 @@ def run_benchmark(
             wall_total += wall
             when = "skipped (finished earlier)" if skipped else f"done in {wall:.1f}s"
             if not skipped:
-                timings = {**timings, **_timings({"pretrain": list(pretrains.values()), "finetune": rows})}
+                timings = {**timings, **timings_of({"pretrain": pretrains.values(), "finetune": rows})}
                 source = "the runs finished so far"
-            left = None if skipped else _estimate(jobs[k:], iterations, timings, source)
+            left = None if skipped else estimate_text(jobs[k:], iterations, timings, source)
             say(
                 f"[{k}/{len(jobs)}] {job.describe()} {when}, {_run_summary(job, record)}"
                 + (f"; left: {left}" if left else "")
@@ -265,22 +238,12 @@ def _plan_line(
     line = f"benchmark: {len(jobs)} runs ({n_pre} pre-trainings, {len(jobs) - n_pre} fine-tunings) into {output_dir}"
     if not unfinished:
         return line + "; all finished"
-    estimate = _estimate(unfinished, iterations, timings, source)
+    estimate = estimate_text(unfinished, iterations, timings, source)
     return line + f"; estimated wall time {estimate or 'after the first runs (or with --measure True)'}"
 
 
 def _unfinished(jobs: Sequence[Job], output_dir: str) -> list[Job]:
     return [j for j in jobs if _read_marker(j, os.path.join(output_dir, j.name)) is None]
-
-
-def _estimate(
-    jobs: Sequence[Job], iterations: Mapping[str, int | None], timings: Mapping[str, Timing], source: str
-) -> str | None:
-    """``~1 h 05 min for 12 run(s) (timing from ...)``; ``None`` without jobs, timings or resolved schedules."""
-    if not jobs or any(iterations.get(j.kind) is None for j in jobs):
-        return None
-    seconds = estimate_wall_s(jobs, iterations, timings)
-    return None if seconds is None else f"~{fmt_duration(seconds)} for {len(jobs)} run(s) (timing from {source})"
 
 
 def _start_timings(
@@ -289,61 +252,15 @@ def _start_timings(
     """The timings to estimate with before the first run: measured now (``measure``), else from finished runs."""
     if measure:
         echo("measuring the time per iteration (short timing runs of each kind) ...")
-        return _measure_timings(setup, grid), "timing runs of this grid's settings"
-    finished = {"pretrain": [], "finetune": []}
+        work_dir = os.path.join(setup.output_dir, "timing_runs")
+        timings = measure_timings(setup.runner, setup.pre_common, setup.ft_common, grid, work_dir)
+        return timings, "timing runs of this grid's settings"
+    finished: dict[str, list[dict[str, Any]]] = {"pretrain": [], "finetune": []}
     for job in jobs:
         marker = _read_marker(job, os.path.join(setup.output_dir, job.name))
         if marker is not None:
             finished[job.kind].append(marker)
-    return _timings(finished), "the finished runs in this folder"
-
-
-def _measure_timings(setup: _Setup, grid: Grid) -> dict[str, Timing]:
-    """
-    One short pre-training (when the grid has a pre-trained method) and one fine-tuning + evaluation from scratch
-    (the largest fraction) with this grid's settings and epochs (at most ``_MEASURE_MAX_EPOCHS``), each epoch of
-    ``_MEASURE_EPOCH_LENGTH`` iterations, in a folder deleted afterwards: their timings, validations included.
-    """
-    work = os.path.join(setup.output_dir, "timing_runs")
-    shutil.rmtree(work, ignore_errors=True)
-    records: dict[str, list[dict[str, Any]]] = {"pretrain": [], "finetune": []}
-    try:
-        if any(VARIANTS[v][1] is not None for v in grid.variants):
-            overrides = _short_schedule(setup, "pretrain", setup.pre_common)
-            overrides.update({"ckpt_dir": os.path.join(work, "pre", "ckpt"), "output_dir": os.path.join(work, "pre", "out")})
-            start = time.perf_counter()
-            setup.runner.pretrain(overrides, os.path.join(work, "pre.log"))
-            timing = {"wall_s": time.perf_counter() - start, "n_iterations": _schedule(setup, "pretrain", overrides)[1]}
-            records["pretrain"].append({"timing": {**timing, "train_s": _train_s(overrides, "pretrain")}})
-        overrides = {**_short_schedule(setup, "finetune", setup.ft_common), "pretrained_ckpt": None, "seed": 0}
-        overrides.update({"label_fraction": max(grid.fractions), "ckpt_dir": os.path.join(work, "ft", "models")})
-        overrides["output_dir"] = os.path.join(work, "ft", "train")
-        start = time.perf_counter()
-        setup.runner.finetune(overrides, os.path.join(work, "ft.log"))
-        setup.runner.evaluate(
-            {**overrides, "output_dir": os.path.join(work, "ft", "eval")}, os.path.join(work, "ft.log")
-        )
-        timing = {"wall_s": time.perf_counter() - start, "n_iterations": _schedule(setup, "finetune", overrides)[1]}
-        records["finetune"].append({"timing": {**timing, "train_s": _train_s(overrides, "finetune")}})
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return _timings(records)
-
-
-def _short_schedule(setup: _Setup, kind: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``overrides`` with the --measure schedule: the run's epochs (capped), ``_MEASURE_EPOCH_LENGTH`` each."""
-    epochs, _ = setup.runner.schedule(kind, overrides)
-    epochs = min(int(epochs or 1), _MEASURE_MAX_EPOCHS)
-    short = {**overrides, "epochs": epochs, "epoch_length": _MEASURE_EPOCH_LENGTH}
-    if "val_interval" in short:
-        short["val_interval"] = min(int(short["val_interval"]), epochs)
-    return short
-
-
-def _train_s(overrides: Mapping[str, Any], kind: str) -> float | None:
-    """The training loop's seconds of a run, from its trainer's log in its output folder."""
-    log = "pretrain_log.txt" if kind == "pretrain" else "train_log.txt"
-    return train_loop_seconds(os.path.join(overrides["output_dir"], log))
+    return timings_of(finished), "the finished runs in this folder"
 
 
 def _run_info(
@@ -407,7 +324,7 @@ def _pretrain(job: Job, run_dir: str, setup: _Setup) -> tuple[dict | None, bool,
     used = recorded_settings(overrides["ckpt_dir"])
     configured = setup.runner.config_values("pretrain", overrides, list(LOSS_WEIGHTS.values()))
     weights = {term: finite_float(used.get(key, configured.get(key))) for term, key in LOSS_WEIGHTS.items()}
-    schedule, n_iterations = _schedule(setup, "pretrain", overrides)
+    schedule, n_iterations = run_iterations(setup.runner, "pretrain", overrides)
     record = {
         "variant": job.variant,
         "pretrain_seed": int(job.pretrain_seed),
@@ -418,7 +335,7 @@ def _pretrain(job: Job, run_dir: str, setup: _Setup) -> tuple[dict | None, bool,
         "weights": weights,
         "iterations": schedule,
         "wall_s": wall,
-        "timing": {"wall_s": wall, "train_s": _train_s(overrides, "pretrain"), "n_iterations": n_iterations},
+        "timing": run_timing("pretrain", overrides["output_dir"], wall, n_iterations),
         "finished": _now(),
     }
     _write_json(record, os.path.join(run_dir, "done.json"))
@@ -472,7 +389,7 @@ def _finetune(job: Job, run_dir: str, setup: _Setup, pre: Mapping[str, Any] | No
     setup.runner.evaluate(eval_overrides, log_file)
     eval_wall = time.perf_counter() - start
     validation = pre.get("validation", {}) if pretrained else {}
-    schedule, n_iterations = _schedule(setup, "finetune", overrides)
+    schedule, n_iterations = run_iterations(setup.runner, "finetune", overrides)
     record = {
         "method": job.variant,
         "label": VARIANTS[job.variant][0],
@@ -490,11 +407,7 @@ def _finetune(job: Job, run_dir: str, setup: _Setup, pre: Mapping[str, Any] | No
         "finetune_wall_s": finetune_wall,
         "eval_wall_s": eval_wall,
         "finetune_iterations": schedule,
-        "timing": {
-            "wall_s": finetune_wall + eval_wall,
-            "train_s": _train_s(overrides, "finetune"),
-            "n_iterations": n_iterations,
-        },
+        "timing": run_timing("finetune", train_dir, finetune_wall + eval_wall, n_iterations),
         "settings": settings,
         "finished": _now(),
     }
