@@ -6,7 +6,6 @@ metrics history (MONAI's ``MetricsSaver`` keeps only the last run)."""
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from PIL import Image
 
+from .files import atomic_write_json
 from .networks import MultiConDoSGenerators
 from .records import fingerprint, save_generators, write_record
 
@@ -29,6 +29,7 @@ __all__ = [
     "DivergenceGuard",
     "EngineCheckpointSaver",
     "GeneratorExportHandler",
+    "LossHistoryHandler",
     "RNGState",
     "ResumeFromCheckpoint",
     "TranslationPreviewHandler",
@@ -356,9 +357,14 @@ class ValidationHistoryHandler:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
-    def __call__(self, engine: Engine) -> None:
-        row = {"epoch": int(engine.state.epoch)}
+    def row(self, engine: Engine) -> dict[str, Any]:
+        """The values of one row."""
+        row: dict[str, Any] = {"epoch": int(engine.state.epoch)}
         row.update({k: float(v) for k, v in sorted(engine.state.metrics.items()) if np.isscalar(v)})
+        return row
+
+    def __call__(self, engine: Engine) -> None:
+        row = self.row(engine)
         os.makedirs(self.output_dir, exist_ok=True)
         path = os.path.join(self.output_dir, f"{self.filename}.csv")
         new = not os.path.exists(path)
@@ -367,5 +373,29 @@ class ValidationHistoryHandler:
             if new:
                 writer.writeheader()
             writer.writerow(row)
-        with open(os.path.join(self.output_dir, f"{self.filename}_latest.json"), "w") as f:
-            json.dump(row, f, indent=2)
+        atomic_write_json(os.path.join(self.output_dir, f"{self.filename}_latest.json"), row)
+
+
+class LossHistoryHandler(ValidationHistoryHandler):
+    """
+    Attached to a trainer: every ``interval`` iterations, append ``epoch``, ``iteration`` and every loss term by name
+    (``output_transform`` of the engine output, e.g. ``lambda x: x["losses"]``) to ``output_dir/<filename>.csv``:
+    the losses as data, for scripts (the benchmark) that would otherwise parse log lines. Reading the terms is the
+    step's host synchronisation, so it happens only every ``interval`` iterations.
+    """
+
+    def __init__(
+        self, output_dir: str, interval: int = 1, output_transform: Any = lambda x: x["losses"], filename: str = "losses"
+    ) -> None:
+        super().__init__(output_dir, filename)
+        self.interval = int(interval)
+        self.output_transform = output_transform
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+
+    def row(self, engine: Engine) -> dict[str, Any]:
+        losses = self.output_transform(engine.state.output)
+        row: dict[str, Any] = {"epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration)}
+        row.update({name: float(value) for name, value in losses.items()})
+        return row
