@@ -17,7 +17,7 @@ from monai.transforms import Compose, EnsureTyped
 import layouts
 from bundle.data import cached_dataset
 from bundle.datasets import prepare_datalist
-from bundle.records import load_generators
+from bundle.records import load_generators, read_record
 from bundle.transforms import (
     ModalityIntensityd,
     ResizeWithBackgroundd,
@@ -26,7 +26,7 @@ from bundle.transforms import (
     background_value,
     check_preprocessing,
 )
-from conftest import TINY_NET, config_path, make_workflow, run_workflow, tiny_overrides
+from conftest import ROOT, TINY_NET, config_path, make_workflow, run_workflow, tiny_overrides
 
 PRESET = {"brats2021": "brats.yaml", "brats2023": "brats.yaml", "msd": "brats.yaml", "hecktor": "hecktor.yaml"}
 MAKERS = {
@@ -218,3 +218,38 @@ def test_pretrain_finetune_inference_on_a_brats_folder(datasets: dict, tmp_path:
     mask, image = nib.load(masks[0]), nib.load(source)
     assert mask.shape == image.shape
     np.testing.assert_allclose(mask.affine, image.affine, atol=1e-5)  # LPS in, LPS out
+
+
+def test_hecktor_models_run_with_the_plain_configs(datasets: dict, tmp_path: Path) -> None:
+    """CT/PET with the HECKTOR preset (PET onto the CT grid, 1 mm in-plane): the generators translate CT to PET in SUV
+    with plain translate.yaml, and a model fine-tuned with the preset segments with plain inference.yaml exactly as
+    with the preset."""
+    dataset, preset = datasets["hecktor"], config_path("hecktor.yaml")
+    pre_dir = tmp_path / "models" / "pretrain"
+    run_workflow([config_path("pretrain.yaml"), preset], tiny_overrides(dataset, tmp_path, ckpt_dir=str(pre_dir)))
+    translated = tmp_path / "translate"
+    run_workflow(
+        config_path("translate.yaml"),
+        {"bundle_root": str(ROOT), **dataset, "ckpt_dir": str(pre_dir), "output_dir": str(translated)},
+    )
+    outputs = sorted(translated.glob("*_synthetic_pet.nii.gz"))
+    assert len(outputs) == 1
+    source = next(Path(dataset["dataset_dir"]).rglob(outputs[0].name.replace("_synthetic_pet", "")))
+    suv, ct = nib.load(outputs[0]), nib.load(source)
+    assert suv.shape == ct.shape  # in the CT's space, the resampling inverted
+    values = np.asarray(suv.dataobj)
+    assert values.min() >= 0.0 and values.max() <= 10.0  # the pet rule inverted: SUV in pet_range
+
+    finetune = tiny_overrides(
+        dataset, tmp_path, ckpt_dir=str(tmp_path / "models"), pretrained_ckpt=str(pre_dir / "generators.pt")
+    )
+    run_workflow([config_path("train.yaml"), preset], {**finetune, "output_dir": str(tmp_path / "t")})
+    record = read_record(tmp_path / "models" / "model.pt", required=True)["preprocessing"]
+    assert record["intensity"] == {"ct": "ct"} and record["spacing"] == [1.0, 1.0, -1.0]  # not the defaults
+    masks = {}
+    for name, configs in (("plain", [config_path("inference.yaml")]), ("preset", [config_path("inference.yaml"), preset])):
+        out = tmp_path / name
+        run_workflow(configs, {**finetune, "output_dir": str(out)})
+        masks[name] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*_seg.nii.gz"))}
+    assert masks["plain"] and masks["plain"].keys() == masks["preset"].keys()
+    assert all(np.array_equal(masks["plain"][k], masks["preset"][k]) for k in masks["plain"])
