@@ -4,11 +4,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
-import sys
 import threading
 from pathlib import Path
 
@@ -17,19 +15,7 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-_MODULE_PATH = Path(__file__).resolve().parents[1] / "bundle" / "demo_data.py"
-
-
-def _load_module():
-    # load the file directly, so that the test does not depend on the rest of the bundle package
-    spec = importlib.util.spec_from_file_location("_multi_condos_demo_data_under_test", _MODULE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-demo_data = _load_module()
+from bundle import demo_data  # noqa: E402
 
 NUM_SUBJECTS, NUM_TEST, SHAPE, SEED = 6, 2, (32, 32, 16), 3
 DEFAULT_SHAPE = (64, 64, 32)
