@@ -122,3 +122,13 @@ def test_finetuning_inherits_the_generator_preprocessing(train_overrides, tiny_g
     settings = wf.parser.get_parsed_content("run_settings")
     assert settings["modalities"] == ["t1", "t2"] and settings["weight_decay"] == 1e-5
     assert {"samples_per_subject", "amp", "val_fraction", "data_list_file_path"} <= set(settings)
+
+
+def test_a_missing_default_generator_is_resolved_and_reported_once(train_overrides, capfd):
+    overrides = {**train_overrides, "pretrained_ckpt": train_overrides["default_pretrained_ckpt"]}
+    wf = make_workflow(config_path("train.yaml"), overrides)
+    settings = wf.parser.get_parsed_content("run_settings")
+    wf.parser.get_parsed_content("model_record")
+    assert settings["pretrained_ckpt"] is None  # scratch, recorded as such
+    printed = capfd.readouterr()
+    assert (printed.out + printed.err).count("FROM SCRATCH") == 1
