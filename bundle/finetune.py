@@ -30,7 +30,6 @@ __all__ = [
     "initialise_network",
     "input_key",
     "load_pretrained",
-    "network_features",
     "resolve_pretrained",
     "segmentation_records",
     "select_finetune_records",
@@ -154,18 +153,6 @@ def input_key(modalities: Sequence[str], source: str = "g_ab") -> str:
     if source not in _SOURCES:
         raise ValueError(f"source must be one of {list(_SOURCES)}, got {source!r}.")
     return str(modalities[0] if source == "g_ab" else modalities[1])
-
-
-def network_features(init_state: dict[str, Any] | None, features: Sequence[int]) -> list[int]:
-    """The segmentation network's ``BasicUNet`` features: those stored with the generator, else ``features``."""
-    if init_state is None:
-        return [int(f) for f in features]
-    stored = [int(f) for f in init_state["record"]["network"]["args"]["features"]]
-    if stored != [int(f) for f in features]:
-        logger.info(
-            f"segmentation network built with the generator's features {stored} (config features {list(features)})"
-        )
-    return stored
 
 
 def _expected_keys(network: nn.Module, transfer: str) -> list[str]:

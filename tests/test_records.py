@@ -116,6 +116,11 @@ def test_finetuning_refuses_a_generator_of_other_modalities(train_overrides):
         make_workflow(config_path("train.yaml"), {**train_overrides, "modalities": ["t2", "t1"]})
 
 
+def test_finetuning_refuses_other_features_than_the_generator(train_overrides):
+    with pytest.raises(SystemExit, match=r"features: given \[16, 16, 32, 32, 64, 16\], .*generators.json has \[8, 8"):
+        make_workflow(config_path("train.yaml"), {**train_overrides, "features": [16, 16, 32, 32, 64, 16]})
+
+
 def test_finetuning_inherits_the_generator_preprocessing(train_overrides, tiny_generators):
     wf = make_workflow(config_path("train.yaml"), {k: v for k, v in train_overrides.items() if k != "image_size"})
     assert list(wf.parser.get_parsed_content("spatial_size")) == [32, 32]  # the generator's, not the default 64
