@@ -36,6 +36,8 @@ __all__ = [
     "RECORD_SCHEMA",
     "SEGMENTATION_KIND",
     "ModelSource",
+    "data_differences",
+    "data_fingerprint",
     "fingerprint",
     "label_names",
     "load_generators",
@@ -94,6 +96,46 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 def fingerprint(settings: Mapping[str, Any]) -> str:
     """SHA-256 of settings (JSON with sorted keys; non-JSON values as ``str``)."""
     return hashlib.sha256(json.dumps(_jsonable(dict(settings)), sort_keys=True).encode()).hexdigest()
+
+
+def data_fingerprint(records: Sequence[Mapping[str, Any]], with_files: bool = True) -> dict[str, Any]:
+    """
+    The input files of ``records`` as they are now: the digest of every file path with its size and modification
+    time (ns), their number and (``with_files``) the ``{path: [size, mtime_ns]}`` map that names what changed.
+    A value of a record that is not an existing file (a subject id, a channel map) is not part of it.
+    """
+    files: dict[str, list[int]] = {}
+    for record in records:
+        for value in dict(record).values():
+            if isinstance(value, str) and os.path.isfile(value):
+                st = os.stat(value)
+                files[os.path.abspath(value)] = [int(st.st_size), int(st.st_mtime_ns)]
+    digest = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()
+    out: dict[str, Any] = {"fingerprint": digest, "n_files": len(files)}
+    if with_files:
+        out["files"] = files
+    return out
+
+
+def data_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """
+    How the data of ``current`` (``data_fingerprint``) differ from ``recorded``: the files changed, added and
+    removed (a few named), or ``None`` when they are the same.
+    """
+    if recorded.get("fingerprint") == current.get("fingerprint"):
+        return None
+    old, new = dict(recorded.get("files") or {}), dict(current.get("files") or {})
+    if not old or not new:
+        return f"data fingerprint {str(recorded.get('fingerprint'))[:12]}... -> {str(current.get('fingerprint'))[:12]}..."
+    parts = []
+    for what, names in (
+        ("changed", sorted(k for k in set(old) & set(new) if list(old[k]) != list(new[k]))),
+        ("added", sorted(set(new) - set(old))),
+        ("removed", sorted(set(old) - set(new))),
+    ):
+        if names:
+            parts.append(f"{len(names)} file(s) {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+    return "data: " + "; ".join(parts)
 
 
 def preprocessing_record(

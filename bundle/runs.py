@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .files import atomic_write_json
-from .handlers import latest_checkpoint
-from .records import fingerprint
+from .handlers import checkpoint_run_record, latest_checkpoint
+from .records import data_differences, data_fingerprint, fingerprint
 
-__all__ = ["RUN_CONFIG", "check_run_dir", "fingerprint", "previous_outputs", "start_run"]
+__all__ = ["RUN_CONFIG", "check_run_dir", "fingerprint", "previous_outputs", "resume_differences", "start_run"]
 
 logger = logging.getLogger("multi_condos")
 
@@ -52,41 +52,85 @@ def check_run_dir(
     resume: bool = False,
     outputs: Sequence[str] = ("generators.pt",),
     resume_may_change: Sequence[str] = ("epochs",),
+    data: Sequence[Mapping[str, Any]] | None = None,
+    replaces: bool = False,
 ) -> None:
     """
     Read-only check before a run (nothing is written, so it can run in ``initialize``).
 
+    A resume is compared with the run it continues: the settings and data fingerprint stored in the latest complete
+    checkpoint (``bundle.handlers.checkpoint_run_record``), or, for a checkpoint written without them, the settings of
+    ``ckpt_dir/run_config.json``. Only the ids of ``resume_may_change`` may differ; ``overwrite`` turns a difference
+    into a warning.
+
+    Args:
+        ckpt_dir: the run's checkpoint folder.
+        settings: the run's settings (``run_config.json``).
+        overwrite: the user's ``--overwrite``: a fresh run may replace an earlier run's outputs, a resume may continue
+            with other settings or data.
+        resume: the user's ``--resume``.
+        outputs: the files of an earlier run besides ``checkpoints/*.pt``.
+        resume_may_change: the ids a resume may change (e.g. ``epochs``, to extend a run).
+        data: the records the run reads (their files' fingerprint is compared on resume).
+        replaces: a fresh run moves an earlier run aside without ``--overwrite`` (fine-tuning: MONAI Label retrains
+            ``models/model.pt`` in place); a resume is still compared.
+
     Raises:
-        FileExistsError: a fresh run (``resume`` False) would replace an earlier run's outputs and ``overwrite`` is
-            False.
+        FileExistsError: a fresh run would replace an earlier run's outputs and neither ``overwrite`` nor ``replaces``.
         FileNotFoundError: ``resume`` but no complete checkpoint in ``ckpt_dir/checkpoints``.
-        ValueError: ``resume`` with settings that differ from the recorded run (except ``resume_may_change``) and
-            ``overwrite`` False.
+        ValueError: ``resume`` with settings or data that differ from the run it continues, and not ``overwrite``.
     """
     ckpt_dir = os.fspath(ckpt_dir)
     if resume:
-        if latest_checkpoint(os.path.join(ckpt_dir, "checkpoints")) is None:
+        checkpoint = latest_checkpoint(os.path.join(ckpt_dir, "checkpoints"))
+        if checkpoint is None:
             raise FileNotFoundError(f"--resume True, but {ckpt_dir}/checkpoints holds no complete checkpoint.")
-        saved, now = _saved_settings(ckpt_dir), _jsonable(settings)
-        if saved is not None and not overwrite:
-            changed = sorted(
-                k for k in set(saved) | set(now) if k not in resume_may_change and saved.get(k) != now.get(k)
-            )
-            if changed:
-                diff = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        differences = resume_differences(checkpoint, ckpt_dir, settings, resume_may_change, data)
+        if differences:
+            text = "; ".join(differences)
+            data_changed = differences[-1].startswith("data:")
+            what = "data" if data_changed and len(differences) == 1 else "settings and data" if data_changed else "settings"
+            if not overwrite:
                 raise ValueError(
-                    f"--resume: the settings differ from the run recorded in {ckpt_dir}/{RUN_CONFIG} ({diff}). "
-                    "Resume with the same settings, or pass --overwrite True to resume anyway."
+                    f"--resume: the {what} differ from the run that wrote {checkpoint} ({text}). Resume with the "
+                    "same settings and data, or pass --overwrite True to resume anyway."
                 )
+            logger.warning(f"--resume with --overwrite True: continuing {checkpoint} with other settings ({text})")
         return
     found = previous_outputs(ckpt_dir, outputs)
-    if found and not overwrite:
+    if found and not (overwrite or replaces):
         listed = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
         raise FileExistsError(
             f"{ckpt_dir} already holds checkpoints of an earlier run ({listed}). Continue it with --resume True, "
             "choose another --ckpt_dir, or pass --overwrite True (the earlier files are moved to "
             f"{ckpt_dir}/previous/)."
         )
+
+
+def resume_differences(
+    checkpoint: str,
+    ckpt_dir: str,
+    settings: Mapping[str, Any],
+    resume_may_change: Sequence[str] = ("epochs",),
+    data: Sequence[Mapping[str, Any]] | None = None,
+) -> list[str]:
+    """
+    What differs between a resume and the run that wrote ``checkpoint`` (its stored record, else
+    ``ckpt_dir/run_config.json``): one ``id: before -> now`` per setting outside ``resume_may_change``, and the
+    data files changed, added or removed. Empty when nothing is known of that run.
+    """
+    stored = checkpoint_run_record(checkpoint)
+    saved = stored["settings"] if stored is not None else _saved_settings(ckpt_dir)
+    differences: list[str] = []
+    if saved is not None:
+        now = _jsonable(settings)
+        changed = sorted(k for k in set(saved) | set(now) if k not in resume_may_change and saved.get(k) != now.get(k))
+        differences += [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed]
+    if stored is not None and stored.get("data") and data is not None:
+        text = data_differences(stored["data"], data_fingerprint(data))
+        if text:
+            differences.append(text)
+    return differences
 
 
 def start_run(

@@ -1,0 +1,63 @@
+"""Runs that cannot lie (issue 14): resume compared with its checkpoint, leak checks, content-keyed disk cache, folder
+locks, clean errors before any compute, inference that keeps earlier masks, failed runs that keep earlier records."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from bundle.handlers import checkpoint_run_record
+from conftest import config_path, run_workflow
+
+TRAIN = config_path("train.yaml")
+PRETRAIN = config_path("pretrain.yaml")
+
+
+def _initialize(config_file, overrides: dict, workflow_type: str | None = "train") -> ConfigWorkflow:
+    wf = ConfigWorkflow(config_file=config_file, workflow_type=workflow_type, **overrides)
+    wf.initialize()
+    return wf
+
+
+def test_finetune_resume_is_compared_with_its_checkpoint(train_overrides, dataset_copy, caplog):
+    overrides = {**train_overrides, **dataset_copy}
+    run_workflow(TRAIN, overrides, workflow_type="train")
+    models, out = overrides["ckpt_dir"], overrides["output_dir"]
+    checkpoint = os.path.join(models, "checkpoints", "checkpoint_final.pt")
+    stored = checkpoint_run_record(checkpoint)
+    assert stored["settings"]["label_fraction"] == 1.0 and stored["data"]["n_files"] == 16
+    before = {name: open(os.path.join(out, name)).read() for name in ("run_config.json", "init.txt")}
+
+    # the issue's case: other fraction, learning rate and initialisation on --resume
+    changed = {**overrides, "resume": True, "epochs": 2, "label_fraction": 0.3, "learning_rate": 0.05}
+    with pytest.raises(SystemExit, match=r"settings and data differ from the run that wrote .*checkpoint_final.pt .*label_fraction: 1.0 -> 0.3.*learning_rate"):
+        _initialize(TRAIN, {**changed, "pretrained_ckpt": "$None"})
+    assert {name: open(os.path.join(out, name)).read() for name in before} == before  # nothing rewritten
+
+    _initialize(TRAIN, {**overrides, "resume": True, "epochs": 2})  # epochs may change
+    t1 = json.load(open(overrides["data_list_file_path"]))["training"][0]["t1"]
+    touched = os.path.join(overrides["dataset_dir"], t1)
+    os.utime(touched, ns=(1, 1))
+    with pytest.raises(SystemExit, match=rf"the data differ .*data: 1 file\(s\) changed \({touched}\)"):
+        _initialize(TRAIN, {**overrides, "resume": True, "epochs": 2})
+    logger = logging.getLogger("multi_condos")  # logging.conf stops it propagating to caplog's root handler
+    logger.addHandler(caplog.handler)
+    try:
+        _initialize(TRAIN, {**overrides, "resume": True, "epochs": 2, "overwrite": True})
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "continuing" in caplog.text and "1 file(s) changed" in caplog.text
+
+
+def test_pretrain_checkpoints_carry_the_run_record(pretrain_overrides):
+    run_workflow(PRETRAIN, {**pretrain_overrides, "epochs": 1}, run_id="training")
+    path = os.path.join(pretrain_overrides["ckpt_dir"], "checkpoints", "checkpoint_final.pt")
+    stored = checkpoint_run_record(path)
+    saved = json.load(open(os.path.join(pretrain_overrides["ckpt_dir"], "run_config.json")))
+    assert stored["fingerprint"] == saved["fingerprint"] and stored["data"]["n_files"] == 16
+    assert torch.load(path, weights_only=True)["trainer"]["iteration"] == 2  # still a plain weights_only checkpoint
