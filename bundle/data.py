@@ -36,6 +36,7 @@ __all__ = [
     "require_file",
     "require_records",
     "resolve_path",
+    "section_records",
     "subject_id",
     "train_val_split",
 ]
@@ -160,6 +161,26 @@ def load_datalist(
         raise ValueError(f"{path}: {len(problems)} problem(s) with the datalist:\n  " + "\n  ".join(problems))
     if "training" in sections and not out["training"]:
         raise ValueError(f"{path}: the 'training' list is empty.")
+    return out
+
+
+def section_records(
+    data_list_file_path: str | os.PathLike, dataset_dir: str | os.PathLike, section: str, keys: Sequence[str]
+) -> list[dict[str, Any]]:
+    """
+    The records of one datalist ``section`` with absolute paths for those of ``keys`` they have and a ``subject``,
+    for the leak check (``bundle.validation.check_overlaps``): a missing datalist (records given directly, e.g. by
+    MONAI Label) or section gives ``[]``; records without any of ``keys`` are left out.
+    """
+    path = os.fspath(data_list_file_path)
+    content = read_json(path) if os.path.isfile(path) else {}
+    out = []
+    for record in (content.get(section) or []) if isinstance(content, dict) else []:
+        present = [k for k in keys if isinstance(record, dict) and k in record]
+        if present:
+            item = {k: resolve_path(str(record[k]), dataset_dir) for k in present}
+            item["subject"] = subject_id(record, present)
+            out.append(item)
     return out
 
 

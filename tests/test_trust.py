@@ -61,3 +61,64 @@ def test_pretrain_checkpoints_carry_the_run_record(pretrain_overrides):
     saved = json.load(open(os.path.join(pretrain_overrides["ckpt_dir"], "run_config.json")))
     assert stored["fingerprint"] == saved["fingerprint"] and stored["data"]["n_files"] == 16
     assert torch.load(path, weights_only=True)["trainer"]["iteration"] == 2  # still a plain weights_only checkpoint
+
+
+# ---- leaks and duplicates (issue case 5) ----
+
+
+def _datalist(dataset: dict[str, str]) -> dict:
+    return json.load(open(dataset["data_list_file_path"]))
+
+
+def _write_datalist(dataset: dict[str, str], content: dict) -> None:
+    with open(dataset["data_list_file_path"], "w") as f:
+        json.dump(content, f)
+
+
+def _sections(dataset: dict[str, str], keys=("t1", "t2")) -> dict:
+    from bundle.data import load_datalist
+
+    loaded = load_datalist(dataset["data_list_file_path"], dataset["dataset_dir"], list(keys), ("training", "validation"))
+    testing = load_datalist(dataset["data_list_file_path"], dataset["dataset_dir"], list(keys), ("testing",))
+    return {**loaded, **testing}
+
+
+def test_leaks_and_duplicates_are_named(dataset_copy):
+    import shutil
+
+    from bundle.validation import check_overlaps
+
+    content = _datalist(dataset_copy)
+    test_record = content["testing"][0]
+    renamed = {"subject": "demo_100"}
+    for key in ("t1", "t2", "label"):  # a testing subject copied under another name
+        renamed[key] = test_record[key].replace(test_record["subject"], "demo_100")
+        os.makedirs(os.path.join(dataset_copy["dataset_dir"], os.path.dirname(renamed[key])), exist_ok=True)
+        shutil.copy(*(os.path.join(dataset_copy["dataset_dir"], r[key]) for r in (test_record, renamed)))
+    training = content["training"]
+    content["training"] = [*training, test_record, renamed, training[0], {**training[2], "subject": training[1]["subject"]}]
+    content["validation"] = [training[3]]
+    _write_datalist(dataset_copy, content)
+    with pytest.raises(ValueError) as err:
+        check_overlaps(_sections(dataset_copy), ["t1", "t2"])
+    message = str(err.value)
+    t, s0, s1, s3 = test_record["subject"], training[0]["subject"], training[1]["subject"], training[3]["subject"]
+    assert f"subject {t} is in both 'training' and 'testing'" in message
+    assert f"subject {s3} is in both 'training' and 'validation'" in message
+    assert f"'training': subject {s0} is listed twice (records 0 and 10)" in message
+    assert f"'training': subject id {s1} is used by two records (1 and 11)" in message
+    assert f"subjects {t} ('training') and demo_100 ('training') have the same 't1' image content" in message
+    assert message.startswith("5 leak(s) or duplicate(s)") and "--allow_overlap True" in message
+    assert len(check_overlaps(_sections(dataset_copy), ["t1", "t2"], allow_overlap=True)) == 5  # a warning only
+
+
+def test_a_leak_stops_pretraining_before_any_compute(pretrain_overrides, dataset_copy):
+    content = _datalist(dataset_copy)
+    content["training"].append(content["testing"][0])
+    _write_datalist(dataset_copy, content)
+    overrides = {**pretrain_overrides, **dataset_copy}
+    subject = content["testing"][0]["subject"]
+    with pytest.raises(SystemExit, match=f"subject {subject} is in both 'training' and 'testing'"):
+        _initialize(PRETRAIN, overrides, None)
+    assert not os.path.exists(overrides["ckpt_dir"]) and not os.path.exists(overrides["output_dir"])
+    _initialize(PRETRAIN, {**overrides, "allow_overlap": True}, None)
