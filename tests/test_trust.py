@@ -122,3 +122,21 @@ def test_a_leak_stops_pretraining_before_any_compute(pretrain_overrides, dataset
         _initialize(PRETRAIN, overrides, None)
     assert not os.path.exists(overrides["ckpt_dir"]) and not os.path.exists(overrides["output_dir"])
     _initialize(PRETRAIN, {**overrides, "allow_overlap": True}, None)
+
+
+# ---- the disk cache (issue case 2) ----
+
+
+def test_disk_cache_is_keyed_by_file_contents(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from monai.transforms import LoadImaged
+
+    from bundle.data import cached_dataset
+
+    path = str(tmp_path / "s00_t1.nii.gz")
+    nib.save(nib.Nifti1Image(np.full((4, 4, 4), 1.0, np.float32), np.eye(4)), path)
+    args = {"cache": "disk", "cache_dir": str(tmp_path / "cache")}
+    assert float(cached_dataset([{"t1": path}], LoadImaged("t1"), args)[0]["t1"].max()) == 1.0
+    nib.save(nib.Nifti1Image(np.full((4, 4, 4), 7.0, np.float32), np.eye(4)), path)  # same size, new content
+    assert float(cached_dataset([{"t1": path}], LoadImaged("t1"), args)[0]["t1"].max()) == 7.0
