@@ -140,3 +140,46 @@ def test_disk_cache_is_keyed_by_file_contents(tmp_path):
     assert float(cached_dataset([{"t1": path}], LoadImaged("t1"), args)[0]["t1"].max()) == 1.0
     nib.save(nib.Nifti1Image(np.full((4, 4, 4), 7.0, np.float32), np.eye(4)), path)  # same size, new content
     assert float(cached_dataset([{"t1": path}], LoadImaged("t1"), args)[0]["t1"].max()) == 7.0
+
+
+# ---- one run per folder (issue cases 3 and 4) ----
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(pretrain_overrides, tmp_path):
+    from conftest import make_workflow
+
+    first = make_workflow(PRETRAIN, {**pretrain_overrides, "epochs": 1}, run_id="training")
+    lock = os.path.join(pretrain_overrides["ckpt_dir"], ".run.lock")
+    assert json.load(open(lock))["pid"] == os.getpid()
+    other = {**pretrain_overrides, "ckpt_dir": str(tmp_path / "other")}  # the README's ablations share output_dir
+    with pytest.raises(SystemExit, match=rf"--output_dir .* is in use by another run \(pre-training started .* pid {os.getpid()}"):
+        _initialize(PRETRAIN, other, None)
+    with pytest.raises(SystemExit, match=r"--ckpt_dir .* is in use by another run"):
+        _initialize(PRETRAIN, {**pretrain_overrides, "output_dir": str(tmp_path / "other_out")}, None)
+    assert not os.path.exists(tmp_path / "other" / ".run.lock")  # a refused run holds nothing
+    first.run()
+    assert not os.path.exists(lock)  # released on COMPLETED
+
+
+def test_stale_and_foreign_locks(tmp_path):
+    import subprocess
+    import sys
+
+    from ignite.engine import Engine
+
+    from bundle.locks import LOCK_NAME, ReleaseLockHandler, RunLock, process_start_time
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    path = tmp_path / LOCK_NAME
+    path.write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": gone.pid, "process_start": "1"}))
+    lock = RunLock({"ckpt_dir": str(tmp_path)}).acquire()  # the dead owner's lock is taken over
+    assert json.loads(path.read_text())["process_start"] == process_start_time(os.getpid())
+    engine = Engine(lambda e, b: 1 / 0)
+    ReleaseLockHandler(lock).attach(engine)
+    with pytest.raises(ZeroDivisionError):
+        engine.run([0])
+    assert not path.exists()  # released on EXCEPTION_RAISED, the error still raised
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "2025-01-01T00:00:00", "command": "x"}))
+    with pytest.raises(FileExistsError, match=rf"started 2025-01-01T00:00:00 on host elsewhere, pid 1: x\). .*delete {path}"):
+        RunLock({"output_dir": str(tmp_path)}).acquire()
