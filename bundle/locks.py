@@ -2,8 +2,8 @@
 # Licensed under the Apache License, Version 2.0
 """
 One run at a time per folder: a lock file in each ``ckpt_dir`` / ``output_dir`` naming its owner (host, pid, the
-process's start time, the command). It is taken at the end of a config's ``initialize`` (after the checks, so a
-refused run writes nothing) and released by the engine's ``COMPLETED`` / ``EXCEPTION_RAISED`` events, not in
+process's start time, the command). It is taken first in a config's ``run``, after every check of ``initialize``
+(``validate_data`` shares those and writes nothing), before anything is written, and released by the engine's ``COMPLETED`` / ``EXCEPTION_RAISED`` events, not in
 ``finalize``: ``monai.bundle run`` calls that outside any ``try``, and MONAI Label trains inside its server process.
 A lock whose process is gone (or whose pid now belongs to another process) is stale and taken over with a warning.
 """
@@ -81,7 +81,7 @@ def _is_stale(path: str, owner: Mapping[str, Any]) -> bool:
 
 class RunLock:
     """
-    The lock of a run's folders: ``acquire`` (in ``initialize``) takes one lock file per folder, ``release`` (by
+    The lock of a run's folders: ``acquire`` (first in ``run``) takes one lock file per folder, ``release`` (by
     ``ReleaseLockHandler``, when the engine completes or fails) removes them. A folder locked by a live run stops this one with a message naming it.
 
     Args:
@@ -125,6 +125,8 @@ class RunLock:
         return self
 
     def _take(self, path: str, name: str) -> None:
+        if path in self.held:
+            return
         os.makedirs(os.path.dirname(path), exist_ok=True)
         content = json.dumps(self.owner(), indent=2) + "\n"
         for _ in range(3):  # another run may take or clear the lock between the attempts

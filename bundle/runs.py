@@ -17,7 +17,7 @@ from .files import atomic_write_json
 from .handlers import checkpoint_run_record, latest_checkpoint
 from .records import data_differences, data_fingerprint, fingerprint
 
-__all__ = ["RUN_CONFIG", "check_run_dir", "fingerprint", "previous_outputs", "resume_differences", "start_run"]
+__all__ = ["RUN_CONFIG", "check_folders", "check_minimums", "check_run_dir", "fingerprint", "previous_outputs", "resume_differences", "start_run"]
 
 logger = logging.getLogger("multi_condos")
 
@@ -43,6 +43,52 @@ def _saved_settings(ckpt_dir: str) -> dict[str, Any] | None:
         return None
     with open(path) as f:
         return json.load(f).get("settings")
+
+
+def check_folders(folders: Mapping[str, Any]) -> None:
+    """
+    Check, before any compute and writing nothing, that each output folder (``{id: path}``) can be written: a path
+    (not a number, which fire makes of ``--output_dir 2025``), not an existing file, writable or creatable.
+
+    Raises:
+        ValueError: naming the id, the path and what is wrong.
+    """
+    for name, folder in folders.items():
+        if not isinstance(folder, (str, os.PathLike)):
+            raise ValueError(
+                f"--{name} {folder!r} is a {type(folder).__name__}, not a path (the command line reads a bare number as "
+                f"one): write it as a path, e.g. --{name} ./{folder}, or quote it: --{name} \"'{folder}'\"."
+            )
+        path = os.path.abspath(os.fspath(folder))
+        existing = path
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            what = "is an existing file" if existing == path else f"is inside {existing}, an existing file"
+            raise ValueError(f"--{name} {path} {what}, not a folder: choose another --{name}.")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            what = "is not writable" if existing == path else f"cannot be created ({existing} is not writable)"
+            raise ValueError(f"--{name} {path} {what}: choose another --{name} or fix its permissions.")
+
+
+def check_minimums(values: Mapping[str, Any], minimums: Mapping[str, Any] | None = None) -> None:
+    """
+    Check that each id of ``values`` is an integer of at least its minimum (``minimums[id]``, default 1, or
+    ``[minimum, reason]``); ``None`` (e.g. ``epoch_length``: the whole dataset) passes.
+
+    Raises:
+        ValueError: naming every id that is not.
+    """
+    problems = []
+    for name, value in values.items():
+        rule = (minimums or {}).get(name, 1)
+        minimum, reason = (rule[0], f" ({rule[1]})") if isinstance(rule, (list, tuple)) else (rule, "")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < int(minimum):
+            problems.append(f"{name} must be an integer >= {minimum}{reason}, got {value!r}")
+    if problems:
+        raise ValueError("; ".join(problems) + ".")
 
 
 def check_run_dir(

@@ -83,6 +83,8 @@ def _read_header(path: str) -> _Header:
         raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from e
     if not isinstance(img, nib.spatialimages.SpatialImage):
         raise ValueError(f"not an image volume ({type(img).__name__})")  # noqa: TRY004 (a data error)
+    if len(img.shape) < 3:
+        raise ValueError(f"a 2-D image (shape {tuple(img.shape)}): a 3-D volume is needed (axial slices = the last axis)")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return _Header(tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=float), zooms)
 
@@ -139,7 +141,8 @@ def validate_records(
     is not empty and is a readable image; the images and label of a subject share shape and affine (when
     ``check_geometry``); no NaN/inf voxels and no truncated data (when ``check_voxels``); label values are integers
     in ``label_map`` (0 always allowed); at least ``min_subjects`` records. A multi-channel (4-D) file needs its
-    channel index in the record's ``channels`` map (``{"flair": 0}``), within range. Keys in ``resampled_keys``
+    channel index in the record's ``channels`` map (``{"flair": 0}``), within range. An image must be 3-D and (when
+    ``check_voxels``) not blank (one value everywhere: nothing to sample or normalise). Keys in ``resampled_keys``
     (resampled onto another key's grid by the transforms, ``resample_to``) are exempt from the geometry check.
 
     Returns:
@@ -212,6 +215,12 @@ def validate_records(
                 continue
             if stats["n_nonfinite"]:
                 problems.append(f"subject {subject}, key '{key}', file {path}: {stats['n_nonfinite']} NaN/inf voxel(s)")
+                continue
+            if not is_label and stats["min"] == stats["max"]:
+                problems.append(
+                    f"subject {subject}, key '{key}', file {path}: a blank image (every voxel is {stats['min']:.6g}): "
+                    "no foreground to sample or normalise; remove the subject from the datalist or fix the file"
+                )
                 continue
             low, high = summary.ranges.get(key, (stats["min"], stats["max"]))
             summary.ranges[key] = (min(low, stats["min"]), max(high, stats["max"]))

@@ -149,13 +149,14 @@ def test_a_second_run_into_a_locked_folder_is_refused(pretrain_overrides, tmp_pa
     from conftest import make_workflow
 
     first = make_workflow(PRETRAIN, {**pretrain_overrides, "epochs": 1}, run_id="training")
+    first.parser.get_parsed_content("run_lock").acquire()  # the first step of its run: it is now running
     lock = os.path.join(pretrain_overrides["ckpt_dir"], ".run.lock")
     assert json.load(open(lock))["pid"] == os.getpid()
     other = {**pretrain_overrides, "ckpt_dir": str(tmp_path / "other")}  # the README's ablations share output_dir
     with pytest.raises(SystemExit, match=rf"--output_dir .* is in use by another run \(pre-training started .* pid {os.getpid()}"):
-        _initialize(PRETRAIN, other, None)
+        _initialize(PRETRAIN, other, None).run()
     with pytest.raises(SystemExit, match=r"--ckpt_dir .* is in use by another run"):
-        _initialize(PRETRAIN, {**pretrain_overrides, "output_dir": str(tmp_path / "other_out")}, None)
+        _initialize(PRETRAIN, {**pretrain_overrides, "output_dir": str(tmp_path / "other_out")}, None).run()
     assert not os.path.exists(tmp_path / "other" / ".run.lock")  # a refused run holds nothing
     first.run()
     assert not os.path.exists(lock)  # released on COMPLETED
@@ -183,3 +184,76 @@ def test_stale_and_foreign_locks(tmp_path):
     path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "2025-01-01T00:00:00", "command": "x"}))
     with pytest.raises(FileExistsError, match=rf"started 2025-01-01T00:00:00 on host elsewhere, pid 1: x\). .*delete {path}"):
         RunLock({"output_dir": str(tmp_path)}).acquire()
+
+
+# ---- clean errors before any compute (issue case 8) ----
+
+
+def _replace_volume(dataset: dict[str, str], relative: str, make) -> str:
+    import nibabel as nib
+    import numpy as np
+
+    path = os.path.join(dataset["dataset_dir"], relative)
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(make(np.asarray(img.dataobj)).astype(np.float32), img.affine), path)
+    return path
+
+
+def test_blank_and_2d_volumes_are_named(pretrain_overrides, train_overrides, dataset_copy):
+    import numpy as np
+
+    content = _datalist(dataset_copy)
+    content["validation"], content["training"] = content["training"][-2:], content["training"][:-2]
+    _write_datalist(dataset_copy, content)  # a fixed validation list: the three subjects below are training ones
+    s0, s1, s2 = content["training"][:3]
+    both = [_replace_volume(dataset_copy, s0[k], np.zeros_like) for k in ("t1", "t2")]
+    one = _replace_volume(dataset_copy, s1["t2"], lambda a: np.full_like(a, 3.0))  # a blank B beside a real A
+    flat = _replace_volume(dataset_copy, s2["t1"], lambda a: a[:, :, 0])
+    with pytest.raises(SystemExit) as err:
+        _initialize(PRETRAIN, {**pretrain_overrides, **dataset_copy}, None)
+    message = str(err.value)
+    for key, path in zip(("t1", "t2"), both):
+        assert f"subject {s0['subject']}, key '{key}', file {path}: a blank image (every voxel is 0)" in message
+    assert f"subject {s1['subject']}, key 't2', file {one}: a blank image (every voxel is 3)" in message
+    assert f"subject {s2['subject']}, key 't1', file {flat}: a 2-D image (shape (32, 32))" in message
+    assert not os.path.exists(pretrain_overrides["output_dir"])
+
+    content["validation"] = [s0]  # a blank validation subject of fine-tuning
+    content["training"] = content["training"][3:]  # (6 subjects)
+    _write_datalist(dataset_copy, content)
+    with pytest.raises(SystemExit, match=rf"subject {s0['subject']}, key 'image', file {both[0]}: a blank image"):
+        _initialize(TRAIN, {**train_overrides, **dataset_copy})
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"batch_size": 0}, r"batch_size must be an integer >= 2 \(the contrastive loss .*\), got 0"),
+        ({"batch_size": 1}, r"batch_size must be an integer >= 2 .*got 1"),
+        ({"epochs": 0}, r"epochs must be an integer >= 1, got 0"),
+        ({"epoch_length": 0}, r"epoch_length must be an integer >= 1, got 0"),
+        ({"log_interval": 0}, r"log_interval must be an integer >= 1, got 0"),
+        ({"val_interval": 0}, r"val_interval must be an integer >= 1, got 0"),
+        ({"output_dir": 2025}, r"--output_dir 2025 is a int, not a path .* --output_dir ./2025"),
+    ],
+)
+def test_bad_schedule_values_stop_before_anything(pretrain_overrides, override, message):
+    with pytest.raises(SystemExit, match=message):
+        _initialize(PRETRAIN, {**pretrain_overrides, **override}, None)
+    assert not os.path.exists(pretrain_overrides["ckpt_dir"])
+
+
+def test_unwritable_output_folders_stop_before_anything(train_overrides, tmp_path, monkeypatch):
+    existing = tmp_path / "a_file"
+    existing.write_text("x")
+    with pytest.raises(SystemExit, match=rf"--output_dir {existing} is an existing file, not a folder"):
+        _initialize(TRAIN, {**train_overrides, "output_dir": str(existing)})
+    with pytest.raises(SystemExit, match=r"batch_size must be an integer >= 1, got 0"):
+        _initialize(TRAIN, {**train_overrides, "batch_size": 0})
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(read_only) else real_access(p, mode))
+    with pytest.raises(SystemExit, match=rf"--output_dir {read_only}/out cannot be created \({read_only} is not writable"):
+        _initialize(TRAIN, {**train_overrides, "output_dir": str(read_only / "out")})
+    assert not os.path.exists(train_overrides["ckpt_dir"])
