@@ -32,6 +32,8 @@ __all__ = [
     "DEFAULT_SETTINGS",
     "GENERATOR_KIND",
     "LABEL_IDS",
+    "OUTPUT_RECORD",
+    "OUTPUT_RECORD_SCHEMA",
     "PREPROCESSING_IDS",
     "RECORD_SCHEMA",
     "SEGMENTATION_KIND",
@@ -47,12 +49,16 @@ __all__ = [
     "record_settings",
     "resolve_settings",
     "save_generators",
+    "write_output_record",
     "write_record",
 ]
 
 logger = logging.getLogger("multi_condos")
 
 RECORD_SCHEMA = "multi_condos.model_record/1"
+#: the record of an output folder (what produced its files), beside them as ``run_record.json``
+OUTPUT_RECORD_SCHEMA = "multi_condos.output_record/1"
+OUTPUT_RECORD = "run_record.json"
 SEGMENTATION_KIND = "segmentation"
 GENERATOR_KIND = "generators"
 
@@ -201,6 +207,42 @@ def write_record(weights_path: str | os.PathLike, record: Mapping[str, Any]) -> 
         "written": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     path = record_path(weights_path)
+    atomic_write_json(path, content)
+    return path
+
+
+def write_output_record(
+    output_dir: str | os.PathLike,
+    workflow: str,
+    settings: Mapping[str, Any],
+    models: Sequence[str | os.PathLike] = (),
+    inputs: Sequence[Mapping[str, Any]] = (),
+    outputs: Sequence[str] = (),
+) -> str:
+    """
+    Write ``output_dir/run_record.json`` on a run's success: what produced the folder's files: the workflow, its
+    settings and their fingerprint, each input model file with its SHA-256 (the one its model record names, checked
+    by ``read_record``, else hashed here), the data fingerprint of ``inputs``, the ``outputs`` and the bundle version.
+    Returns the record's path.
+    """
+    model_entries = []
+    for model in models:
+        model = os.path.abspath(os.fspath(model))
+        record = read_record(model) if os.path.isfile(record_path(model)) else None
+        digest = (record or {}).get("weights", {}).get("sha256") or sha256_file(model)
+        model_entries.append({"file": model, "sha256": digest, "record": record_path(model) if record else None})
+    content = {
+        "schema": OUTPUT_RECORD_SCHEMA,
+        "workflow": workflow,
+        "settings": _jsonable(dict(settings)),
+        "fingerprint": fingerprint(settings),
+        "models": model_entries,
+        "data": data_fingerprint(inputs),
+        "outputs": sorted(os.path.basename(o) for o in outputs),
+        "bundle_version": __version__,
+        "written": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    path = os.path.join(os.fspath(output_dir), OUTPUT_RECORD)
     atomic_write_json(path, content)
     return path
 

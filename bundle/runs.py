@@ -17,7 +17,7 @@ from .files import atomic_write_json
 from .handlers import checkpoint_run_record, latest_checkpoint
 from .records import data_differences, data_fingerprint, fingerprint
 
-__all__ = ["RUN_CONFIG", "check_folders", "check_minimums", "check_run_dir", "fingerprint", "previous_outputs", "resume_differences", "start_run"]
+__all__ = ["RUN_CONFIG", "check_folders", "check_minimums", "check_run_dir", "fingerprint", "move_aside", "previous_outputs", "resume_differences", "start_run"]
 
 logger = logging.getLogger("multi_condos")
 
@@ -179,6 +179,20 @@ def resume_differences(
     return differences
 
 
+def move_aside(folder: str, paths: Sequence[str], copied: Sequence[str] = ()) -> str:
+    """
+    Move an earlier run's files (``paths``, inside ``folder``) to ``folder/previous/<time stamp>/`` keeping their
+    relative paths; those in ``copied`` are copied there and stay in place. Returns the backup folder.
+    """
+    target = os.path.join(folder, "previous", datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
+    for path in paths:
+        dst = os.path.join(target, os.path.relpath(path, folder))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        (shutil.copy2 if path in set(copied) else shutil.move)(path, dst)
+    logger.warning(f"the earlier run's files in {folder} were backed up to {target}")
+    return target
+
+
 def start_run(
     ckpt_dir: str,
     output_dir: str,
@@ -201,13 +215,8 @@ def start_run(
             raise FileExistsError(f"{ckpt_dir} already holds checkpoints of an earlier run: {found[:3]}")
         if os.path.isfile(os.path.join(ckpt_dir, RUN_CONFIG)):
             found.append(os.path.join(ckpt_dir, RUN_CONFIG))
-        target = os.path.join(ckpt_dir, "previous", datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
-        kept = {os.path.join(ckpt_dir, name) for name in outputs} if copy_outputs else set()
-        for path in found:
-            dst = os.path.join(target, os.path.relpath(path, ckpt_dir))
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            (shutil.copy2 if path in kept else shutil.move)(path, dst)
-        logger.warning(f"the earlier run's files in {ckpt_dir} were backed up to {target}")
+        kept = [os.path.join(ckpt_dir, name) for name in outputs] if copy_outputs else []
+        move_aside(ckpt_dir, found, kept)
     record = {
         "fingerprint": fingerprint(settings),
         "settings": _jsonable(settings),
