@@ -13,11 +13,13 @@ import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ignite.engine import Engine, Events
+
 from .files import atomic_write_json
 from .handlers import checkpoint_run_record, latest_checkpoint
 from .records import data_differences, data_fingerprint, fingerprint
 
-__all__ = ["RUN_CONFIG", "check_folders", "check_minimums", "check_run_dir", "fingerprint", "move_aside", "previous_outputs", "resume_differences", "start_run"]
+__all__ = ["RUN_CONFIG", "RestoreOnFailure", "RunBackup", "check_folders", "check_minimums", "check_run_dir", "fingerprint", "move_aside", "previous_outputs", "resume_differences", "start_run"]
 
 logger = logging.getLogger("multi_condos")
 
@@ -226,3 +228,54 @@ def start_run(
     for folder in dict.fromkeys([ckpt_dir, output_dir]):
         atomic_write_json(os.path.join(folder, RUN_CONFIG), record)
     return record["fingerprint"]
+
+
+class RunBackup:
+    """
+    The records a run rewrites (``run_config.json``, ``init.txt``, ``label_subjects.json``, ``model.pt`` and its
+    record): ``save`` (first in ``run``) keeps a copy of each beside it, ``restore`` (the run failed) puts them back
+    and removes those the run created, ``discard`` (it completed) removes the copies. A failed run thus leaves the
+    records of the earlier one, describing the model that is still there.
+    """
+
+    SUFFIX = ".before-run"
+
+    def __init__(self, files: Sequence[str]) -> None:
+        self.files = [os.path.abspath(os.fspath(f)) for f in files]
+        self.existed: dict[str, bool] = {}
+
+    def save(self) -> None:
+        self.existed = {path: os.path.isfile(path) for path in self.files}
+        for path, existed in self.existed.items():
+            if existed:
+                shutil.copy2(path, path + self.SUFFIX)
+
+    def restore(self, *_: object) -> None:
+        for path, existed in self.existed.items():
+            if existed and os.path.isfile(path + self.SUFFIX):
+                os.replace(path + self.SUFFIX, path)
+            elif not existed and os.path.isfile(path):
+                os.remove(path)
+        if self.existed:
+            logger.warning(f"the run failed: its records were rolled back ({', '.join(self.files)})")
+        self.existed = {}
+
+    def discard(self, *_: object) -> None:
+        for path in self.existed:
+            if os.path.isfile(path + self.SUFFIX):
+                os.remove(path + self.SUFFIX)
+        self.existed = {}
+
+
+class RestoreOnFailure:
+    """
+    ``backup.restore`` when the engine fails, ``backup.discard`` when it completes. It does not re-raise the error:
+    put it before a handler that does (``bundle.locks.ReleaseLockHandler``).
+    """
+
+    def __init__(self, backup: RunBackup) -> None:
+        self.backup = backup
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self.backup.discard)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.backup.restore)

@@ -257,3 +257,28 @@ def test_unwritable_output_folders_stop_before_anything(train_overrides, tmp_pat
     with pytest.raises(SystemExit, match=rf"--output_dir {read_only}/out cannot be created \({read_only} is not writable"):
         _initialize(TRAIN, {**train_overrides, "output_dir": str(read_only / "out")})
     assert not os.path.exists(train_overrides["ckpt_dir"])
+
+
+# ---- a failed fine-tune keeps the earlier records (issue case 6) ----
+
+
+def test_a_failed_finetune_leaves_the_earlier_records(train_overrides, monkeypatch):
+    from monai.losses import DiceCELoss
+
+    run_workflow(TRAIN, train_overrides, workflow_type="train")
+    models, out = train_overrides["ckpt_dir"], train_overrides["output_dir"]
+    files = [os.path.join(models, f) for f in ("model.pt", "model.json", "run_config.json")]
+    files += [os.path.join(out, f) for f in ("run_config.json", "init.txt", "label_subjects.json")]
+    before = {path: open(path, "rb").read() for path in files}
+
+    def fail(self, *args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(DiceCELoss, "forward", fail)
+    failing = {**train_overrides, "pretrained_ckpt": "$None", "label_fraction": 0.5}
+    with pytest.raises(RuntimeError) as err:
+        run_workflow(TRAIN, failing, workflow_type="train")
+    assert "out of memory (simulated)" in str(err.value.__cause__ or err.value)
+    assert {path: open(path, "rb").read() for path in files} == before  # records of the model that is still there
+    assert not [f for f in os.listdir(models) + os.listdir(out) if f.endswith(".before-run")]
+    assert not os.path.exists(os.path.join(models, ".run.lock"))
