@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
-from monai.data.utils import json_hashing
+from monai.data.utils import json_hashing, pickle_hashing
 
 from .demo_data import ensure_demo_dataset
 
@@ -30,12 +30,14 @@ __all__ = [
     "datalist_file",
     "datalist_images",
     "file_stem",
+    "file_state_hashing",
     "load_datalist",
     "read_json",
     "read_torch_file",
     "require_file",
     "require_records",
     "resolve_path",
+    "section_records",
     "subject_id",
     "train_val_split",
 ]
@@ -163,6 +165,26 @@ def load_datalist(
     return out
 
 
+def section_records(
+    data_list_file_path: str | os.PathLike, dataset_dir: str | os.PathLike, section: str, keys: Sequence[str]
+) -> list[dict[str, Any]]:
+    """
+    The records of one datalist ``section`` with absolute paths for those of ``keys`` they have and a ``subject``,
+    for the leak check (``bundle.validation.check_overlaps``): a missing datalist (records given directly, e.g. by
+    MONAI Label) or section gives ``[]``; records without any of ``keys`` are left out.
+    """
+    path = os.fspath(data_list_file_path)
+    content = read_json(path) if os.path.isfile(path) else {}
+    out = []
+    for record in (content.get(section) or []) if isinstance(content, dict) else []:
+        present = [k for k in keys if isinstance(record, dict) and k in record]
+        if present:
+            item = {k: resolve_path(str(record[k]), dataset_dir) for k in present}
+            item["subject"] = subject_id(record, present)
+            out.append(item)
+    return out
+
+
 def train_val_split(
     datalist: dict[str, list[dict[str, Any]]], val_fraction: float = 0.2, seed: int = 0, min_val: int = 1
 ) -> dict[str, list[dict[str, Any]]]:
@@ -204,8 +226,8 @@ def cached_dataset(
         transform: the transforms.
         cache_args: ``cache``, ``cache_rate``, ``cache_dir``, ``num_workers`` (the configs' ``cache_args``):
         cache: ``memory`` (``CacheDataset``, ``cache_rate`` of the records in RAM), ``disk`` (``PersistentDataset``
-            in ``cache_dir``, keyed by each record and the transforms, so a change of preprocessing misses the old
-            cache instead of reusing it) or ``none`` (``Dataset``: everything is recomputed each time).
+            in ``cache_dir``, keyed by each record, the state of its files (``file_state_hashing``) and the
+            transforms, so a changed file or preprocessing misses the old cache instead of reusing it) or ``none`` (``Dataset``: everything is recomputed each time).
         cache_rate: the fraction of records held in memory (``memory`` only).
         cache_dir: the folder of the disk cache (``disk`` only).
         num_workers: the threads that fill the memory cache.
@@ -226,11 +248,26 @@ def cached_dataset(
             data,
             transform,
             cache_dir=os.fspath(cache_dir),
+            hash_func=file_state_hashing,
             hash_transform=json_hashing,
             track_meta=True,
             weights_only=False,
         )
     return Dataset(data, transform)
+
+
+def file_state_hashing(item: Any) -> bytes:
+    """
+    The disk cache key of a record: the record and, for each file it names, its size, modification time (ns) and
+    inode. A file rewritten in place (or replaced by another) misses the old cache entry: never stale data.
+    """
+    files: dict[str, list[int]] = {}
+    if isinstance(item, Mapping):
+        for key, value in item.items():
+            if isinstance(value, str) and os.path.isfile(value):
+                st = os.stat(value)
+                files[str(key)] = [int(st.st_size), int(st.st_mtime_ns), int(st.st_ino)]
+    return pickle_hashing({"record": item, "files": files})
 
 
 def check_cache(cache: str, cache_rate: float = 1.0, cache_dir: str | os.PathLike | None = None) -> None:

@@ -32,9 +32,11 @@ __all__ = [
     "LossHistoryHandler",
     "RNGState",
     "ResumeFromCheckpoint",
+    "RunRecord",
     "TranslationPreviewHandler",
     "ValidationHistoryHandler",
     "check_finite",
+    "checkpoint_run_record",
     "engine_state_objects",
     "latest_checkpoint",
 ]
@@ -121,6 +123,9 @@ class EngineCheckpointSaver(CheckpointSaver):
       ``atomic=False`` to ignite's ``DiskSaver``, so a kill during a save could leave a truncated file;
     - it does not save when the run fails (MONAI saves the "final" checkpoint on any exception): a crashed or
       diverged state is not a complete checkpoint, and the last interval checkpoint must stay the latest;
+    - with ``run_record`` (``{"settings", "data"}``: the run's settings and ``bundle.records.data_fingerprint``), each
+      full-state checkpoint carries them under ``run_record``, so that a resume compares against the very checkpoint
+      it continues (``checkpoint_run_record``);
     - with ``record`` (``bundle.records``), each key-metric save (``model.pt``) writes the weights' record beside
       them (``model.json``), with the epoch and the metric value of these weights: the same handler saves both.
     """
@@ -131,10 +136,12 @@ class EngineCheckpointSaver(CheckpointSaver):
         engine_key: str | None = "trainer",
         engine_attrs: Sequence[str] = (),
         record: Mapping[str, Any] | None = None,
+        run_record: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.engine_key = engine_key
+        self.run_record = None if run_record is None else RunRecord(**run_record)
         self.engine_attrs = list(engine_attrs)
         self.record = None if record is None else dict(record)
         self._evaluator: Engine | None = None
@@ -166,10 +173,53 @@ class EngineCheckpointSaver(CheckpointSaver):
         # the ignite ``Checkpoint`` objects hold this very dict, so these are saved from now on
         if self.engine_key is not None:
             self.save_dict.update(engine_state_objects(engine, self.engine_key, self.engine_attrs))
+            if self.run_record is not None:
+                self.save_dict[RUN_RECORD_KEY] = self.run_record
         super().attach(engine)
 
     def exception_raised(self, engine: Engine, e: Exception) -> None:
         raise e
+
+
+#: the entry of a full-state checkpoint that holds the settings and data it was trained with
+RUN_RECORD_KEY = "run_record"
+
+
+class RunRecord:
+    """
+    The settings (and their fingerprint) and the data fingerprint of a run, as a checkpointable object: stored as
+    JSON strings so that ``torch.load(weights_only=True)`` reads them; loading it back changes nothing.
+    """
+
+    def __init__(self, settings: Mapping[str, Any], data: Mapping[str, Any] | None = None) -> None:
+        self.settings = json.loads(json.dumps(dict(settings), sort_keys=True, default=str))
+        self.data = None if data is None else json.loads(json.dumps(dict(data), default=str))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "settings": json.dumps(self.settings, sort_keys=True),
+            "fingerprint": fingerprint(self.settings),
+            "data": json.dumps(self.data),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing to restore: ``bundle.runs.check_run_dir`` compares the stored record before the run starts."""
+
+
+def checkpoint_run_record(path: str) -> dict[str, Any] | None:
+    """
+    ``{"settings", "fingerprint", "data"}`` stored in a full-state checkpoint (``EngineCheckpointSaver`` with
+    ``run_record``), or ``None`` for a checkpoint written without one.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    stored = state.get(RUN_RECORD_KEY) if isinstance(state, Mapping) else None
+    if not stored:
+        return None
+    return {
+        "settings": json.loads(stored["settings"]),
+        "fingerprint": stored.get("fingerprint"),
+        "data": json.loads(stored.get("data") or "null"),
+    }
 
 
 class RNGState:

@@ -7,14 +7,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from monai.inferers import SliceInferer
 from torch import nn
 
-from .data import read_json, read_torch_file
-from .records import SEGMENTATION_KIND, ModelSource, read_record
+from .data import file_stem, read_json, read_torch_file
+from .records import OUTPUT_RECORD, SEGMENTATION_KIND, ModelSource, read_record, write_output_record
+from .runs import move_aside
 
-__all__ = ["check_label_names", "check_model_file", "model_source", "output_label_values", "slice_inferer"]
+__all__ = [
+    "MASK_POSTFIX",
+    "check_label_names",
+    "check_model_file",
+    "check_output_dir",
+    "earlier_outputs",
+    "mask_paths",
+    "model_source",
+    "output_label_values",
+    "slice_inferer",
+    "start_inference",
+    "write_inference_record",
+]
+
+#: ``SaveImaged``'s ``output_postfix``: ``<input name>_seg.nii.gz``
+MASK_POSTFIX = "seg"
 
 #: ``SaveImaged`` writes the masks as uint8
 _MAX_LABEL_VALUE = 255
@@ -130,4 +147,52 @@ def slice_inferer(
         mode=mode,
         cval=float(background),
         progress=False,
+    )
+
+
+def earlier_outputs(output_dir: str | os.PathLike) -> list[str]:
+    """The files of an earlier inference in ``output_dir``: its masks (``*_seg.*``) and its ``run_record.json``."""
+    folder = os.fspath(output_dir)
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(n for n in os.listdir(folder) if f"_{MASK_POSTFIX}." in n or n == OUTPUT_RECORD)
+    return [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """
+    Read-only check: ``output_dir`` holds no earlier masks, unless ``overwrite`` (``start_inference`` moves them).
+
+    Raises:
+        FileExistsError: naming the folder and a few of its masks.
+    """
+    found = earlier_outputs(output_dir)
+    if found and not overwrite:
+        listed = ", ".join(os.path.basename(p) for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise FileExistsError(
+            f"{output_dir} already holds the outputs of an earlier inference ({len(found)} file(s): {listed}). Choose "
+            f"another --output_dir, or pass --overwrite True (they are moved to {output_dir}/previous/<time>/)."
+        )
+
+
+def start_inference(output_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Move an earlier inference's files to ``output_dir/previous/<time>/`` (allowed by ``overwrite``)."""
+    check_output_dir(output_dir, overwrite)
+    found = earlier_outputs(output_dir)
+    if found:
+        move_aside(os.fspath(output_dir), found)
+
+
+def mask_paths(records: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, key: str = "image") -> list[str]:
+    """The masks inference writes for ``records`` (``SaveImaged`` with ``separate_folder=False``)."""
+    return [os.path.join(os.fspath(output_dir), f"{file_stem(str(r[key]))}_{MASK_POSTFIX}.nii.gz") for r in records]
+
+
+def write_inference_record(
+    output_dir: str | os.PathLike, model_file: str | os.PathLike, settings: Mapping[str, Any], records: Sequence[Any]
+) -> str:
+    """``output_dir/run_record.json`` after a successful inference: the model file and its SHA-256, the settings,
+    the inputs' fingerprint and the masks written (``bundle.records.write_output_record``)."""
+    return write_output_record(
+        output_dir, "inference", settings, [model_file], records, mask_paths(records, output_dir)
     )

@@ -32,10 +32,14 @@ __all__ = [
     "DEFAULT_SETTINGS",
     "GENERATOR_KIND",
     "LABEL_IDS",
+    "OUTPUT_RECORD",
+    "OUTPUT_RECORD_SCHEMA",
     "PREPROCESSING_IDS",
     "RECORD_SCHEMA",
     "SEGMENTATION_KIND",
     "ModelSource",
+    "data_differences",
+    "data_fingerprint",
     "fingerprint",
     "label_names",
     "load_generators",
@@ -45,12 +49,16 @@ __all__ = [
     "record_settings",
     "resolve_settings",
     "save_generators",
+    "write_output_record",
     "write_record",
 ]
 
 logger = logging.getLogger("multi_condos")
 
 RECORD_SCHEMA = "multi_condos.model_record/1"
+#: the record of an output folder (what produced its files), beside them as ``run_record.json``
+OUTPUT_RECORD_SCHEMA = "multi_condos.output_record/1"
+OUTPUT_RECORD = "run_record.json"
 SEGMENTATION_KIND = "segmentation"
 GENERATOR_KIND = "generators"
 
@@ -94,6 +102,46 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 def fingerprint(settings: Mapping[str, Any]) -> str:
     """SHA-256 of settings (JSON with sorted keys; non-JSON values as ``str``)."""
     return hashlib.sha256(json.dumps(_jsonable(dict(settings)), sort_keys=True).encode()).hexdigest()
+
+
+def data_fingerprint(records: Sequence[Mapping[str, Any]], with_files: bool = True) -> dict[str, Any]:
+    """
+    The input files of ``records`` as they are now: the digest of every file path with its size and modification
+    time (ns), their number and (``with_files``) the ``{path: [size, mtime_ns]}`` map that names what changed.
+    A value of a record that is not an existing file (a subject id, a channel map) is not part of it.
+    """
+    files: dict[str, list[int]] = {}
+    for record in records:
+        for value in dict(record).values():
+            if isinstance(value, str) and os.path.isfile(value):
+                st = os.stat(value)
+                files[os.path.abspath(value)] = [int(st.st_size), int(st.st_mtime_ns)]
+    digest = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()
+    out: dict[str, Any] = {"fingerprint": digest, "n_files": len(files)}
+    if with_files:
+        out["files"] = files
+    return out
+
+
+def data_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """
+    How the data of ``current`` (``data_fingerprint``) differ from ``recorded``: the files changed, added and
+    removed (a few named), or ``None`` when they are the same.
+    """
+    if recorded.get("fingerprint") == current.get("fingerprint"):
+        return None
+    old, new = dict(recorded.get("files") or {}), dict(current.get("files") or {})
+    if not old or not new:
+        return f"data fingerprint {str(recorded.get('fingerprint'))[:12]}... -> {str(current.get('fingerprint'))[:12]}..."
+    parts = []
+    for what, names in (
+        ("changed", sorted(k for k in set(old) & set(new) if list(old[k]) != list(new[k]))),
+        ("added", sorted(set(new) - set(old))),
+        ("removed", sorted(set(old) - set(new))),
+    ):
+        if names:
+            parts.append(f"{len(names)} file(s) {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+    return "data: " + "; ".join(parts)
 
 
 def preprocessing_record(
@@ -159,6 +207,42 @@ def write_record(weights_path: str | os.PathLike, record: Mapping[str, Any]) -> 
         "written": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     path = record_path(weights_path)
+    atomic_write_json(path, content)
+    return path
+
+
+def write_output_record(
+    output_dir: str | os.PathLike,
+    workflow: str,
+    settings: Mapping[str, Any],
+    models: Sequence[str | os.PathLike] = (),
+    inputs: Sequence[Mapping[str, Any]] = (),
+    outputs: Sequence[str] = (),
+) -> str:
+    """
+    Write ``output_dir/run_record.json`` on a run's success: what produced the folder's files: the workflow, its
+    settings and their fingerprint, each input model file with its SHA-256 (the one its model record names, checked
+    by ``read_record``, else hashed here), the data fingerprint of ``inputs``, the ``outputs`` and the bundle version.
+    Returns the record's path.
+    """
+    model_entries = []
+    for model in models:
+        model = os.path.abspath(os.fspath(model))
+        record = read_record(model) if os.path.isfile(record_path(model)) else None
+        digest = (record or {}).get("weights", {}).get("sha256") or sha256_file(model)
+        model_entries.append({"file": model, "sha256": digest, "record": record_path(model) if record else None})
+    content = {
+        "schema": OUTPUT_RECORD_SCHEMA,
+        "workflow": workflow,
+        "settings": _jsonable(dict(settings)),
+        "fingerprint": fingerprint(settings),
+        "models": model_entries,
+        "data": data_fingerprint(inputs),
+        "outputs": sorted(os.path.basename(o) for o in outputs),
+        "bundle_version": __version__,
+        "written": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    path = os.path.join(os.fspath(output_dir), OUTPUT_RECORD)
     atomic_write_json(path, content)
     return path
 

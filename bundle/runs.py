@@ -13,11 +13,13 @@ import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .files import atomic_write_json
-from .handlers import latest_checkpoint
-from .records import fingerprint
+from ignite.engine import Engine, Events
 
-__all__ = ["RUN_CONFIG", "check_run_dir", "fingerprint", "previous_outputs", "start_run"]
+from .files import atomic_write_json
+from .handlers import checkpoint_run_record, latest_checkpoint
+from .records import data_differences, data_fingerprint, fingerprint
+
+__all__ = ["RUN_CONFIG", "RestoreOnFailure", "RunBackup", "check_folders", "check_minimums", "check_run_dir", "fingerprint", "move_aside", "previous_outputs", "resume_differences", "start_run"]
 
 logger = logging.getLogger("multi_condos")
 
@@ -45,6 +47,52 @@ def _saved_settings(ckpt_dir: str) -> dict[str, Any] | None:
         return json.load(f).get("settings")
 
 
+def check_folders(folders: Mapping[str, Any]) -> None:
+    """
+    Check, before any compute and writing nothing, that each output folder (``{id: path}``) can be written: a path
+    (not a number, which fire makes of ``--output_dir 2025``), not an existing file, writable or creatable.
+
+    Raises:
+        ValueError: naming the id, the path and what is wrong.
+    """
+    for name, folder in folders.items():
+        if not isinstance(folder, (str, os.PathLike)):
+            raise ValueError(
+                f"--{name} {folder!r} is a {type(folder).__name__}, not a path (the command line reads a bare number as "
+                f"one): write it as a path, e.g. --{name} ./{folder}, or quote it: --{name} \"'{folder}'\"."
+            )
+        path = os.path.abspath(os.fspath(folder))
+        existing = path
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            what = "is an existing file" if existing == path else f"is inside {existing}, an existing file"
+            raise ValueError(f"--{name} {path} {what}, not a folder: choose another --{name}.")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            what = "is not writable" if existing == path else f"cannot be created ({existing} is not writable)"
+            raise ValueError(f"--{name} {path} {what}: choose another --{name} or fix its permissions.")
+
+
+def check_minimums(values: Mapping[str, Any], minimums: Mapping[str, Any] | None = None) -> None:
+    """
+    Check that each id of ``values`` is an integer of at least its minimum (``minimums[id]``, default 1, or
+    ``[minimum, reason]``); ``None`` (e.g. ``epoch_length``: the whole dataset) passes.
+
+    Raises:
+        ValueError: naming every id that is not.
+    """
+    problems = []
+    for name, value in values.items():
+        rule = (minimums or {}).get(name, 1)
+        minimum, reason = (rule[0], f" ({rule[1]})") if isinstance(rule, (list, tuple)) else (rule, "")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < int(minimum):
+            problems.append(f"{name} must be an integer >= {minimum}{reason}, got {value!r}")
+    if problems:
+        raise ValueError("; ".join(problems) + ".")
+
+
 def check_run_dir(
     ckpt_dir: str,
     settings: Mapping[str, Any],
@@ -52,41 +100,99 @@ def check_run_dir(
     resume: bool = False,
     outputs: Sequence[str] = ("generators.pt",),
     resume_may_change: Sequence[str] = ("epochs",),
+    data: Sequence[Mapping[str, Any]] | None = None,
+    replaces: bool = False,
 ) -> None:
     """
     Read-only check before a run (nothing is written, so it can run in ``initialize``).
 
+    A resume is compared with the run it continues: the settings and data fingerprint stored in the latest complete
+    checkpoint (``bundle.handlers.checkpoint_run_record``), or, for a checkpoint written without them, the settings of
+    ``ckpt_dir/run_config.json``. Only the ids of ``resume_may_change`` may differ; ``overwrite`` turns a difference
+    into a warning.
+
+    Args:
+        ckpt_dir: the run's checkpoint folder.
+        settings: the run's settings (``run_config.json``).
+        overwrite: the user's ``--overwrite``: a fresh run may replace an earlier run's outputs, a resume may continue
+            with other settings or data.
+        resume: the user's ``--resume``.
+        outputs: the files of an earlier run besides ``checkpoints/*.pt``.
+        resume_may_change: the ids a resume may change (e.g. ``epochs``, to extend a run).
+        data: the records the run reads (their files' fingerprint is compared on resume).
+        replaces: a fresh run moves an earlier run aside without ``--overwrite`` (fine-tuning: MONAI Label retrains
+            ``models/model.pt`` in place); a resume is still compared.
+
     Raises:
-        FileExistsError: a fresh run (``resume`` False) would replace an earlier run's outputs and ``overwrite`` is
-            False.
+        FileExistsError: a fresh run would replace an earlier run's outputs and neither ``overwrite`` nor ``replaces``.
         FileNotFoundError: ``resume`` but no complete checkpoint in ``ckpt_dir/checkpoints``.
-        ValueError: ``resume`` with settings that differ from the recorded run (except ``resume_may_change``) and
-            ``overwrite`` False.
+        ValueError: ``resume`` with settings or data that differ from the run it continues, and not ``overwrite``.
     """
     ckpt_dir = os.fspath(ckpt_dir)
     if resume:
-        if latest_checkpoint(os.path.join(ckpt_dir, "checkpoints")) is None:
+        checkpoint = latest_checkpoint(os.path.join(ckpt_dir, "checkpoints"))
+        if checkpoint is None:
             raise FileNotFoundError(f"--resume True, but {ckpt_dir}/checkpoints holds no complete checkpoint.")
-        saved, now = _saved_settings(ckpt_dir), _jsonable(settings)
-        if saved is not None and not overwrite:
-            changed = sorted(
-                k for k in set(saved) | set(now) if k not in resume_may_change and saved.get(k) != now.get(k)
-            )
-            if changed:
-                diff = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        differences = resume_differences(checkpoint, ckpt_dir, settings, resume_may_change, data)
+        if differences:
+            text = "; ".join(differences)
+            data_changed = differences[-1].startswith("data:")
+            what = "data" if data_changed and len(differences) == 1 else "settings and data" if data_changed else "settings"
+            if not overwrite:
                 raise ValueError(
-                    f"--resume: the settings differ from the run recorded in {ckpt_dir}/{RUN_CONFIG} ({diff}). "
-                    "Resume with the same settings, or pass --overwrite True to resume anyway."
+                    f"--resume: the {what} differ from the run that wrote {checkpoint} ({text}). Resume with the "
+                    "same settings and data, or pass --overwrite True to resume anyway."
                 )
+            logger.warning(f"--resume with --overwrite True: continuing {checkpoint} with other settings ({text})")
         return
     found = previous_outputs(ckpt_dir, outputs)
-    if found and not overwrite:
+    if found and not (overwrite or replaces):
         listed = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
         raise FileExistsError(
             f"{ckpt_dir} already holds checkpoints of an earlier run ({listed}). Continue it with --resume True, "
             "choose another --ckpt_dir, or pass --overwrite True (the earlier files are moved to "
             f"{ckpt_dir}/previous/)."
         )
+
+
+def resume_differences(
+    checkpoint: str,
+    ckpt_dir: str,
+    settings: Mapping[str, Any],
+    resume_may_change: Sequence[str] = ("epochs",),
+    data: Sequence[Mapping[str, Any]] | None = None,
+) -> list[str]:
+    """
+    What differs between a resume and the run that wrote ``checkpoint`` (its stored record, else
+    ``ckpt_dir/run_config.json``): one ``id: before -> now`` per setting outside ``resume_may_change``, and the
+    data files changed, added or removed. Empty when nothing is known of that run.
+    """
+    stored = checkpoint_run_record(checkpoint)
+    saved = stored["settings"] if stored is not None else _saved_settings(ckpt_dir)
+    differences: list[str] = []
+    if saved is not None:
+        now = _jsonable(settings)
+        changed = sorted(k for k in set(saved) | set(now) if k not in resume_may_change and saved.get(k) != now.get(k))
+        differences += [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed]
+    if stored is not None and stored.get("data") and data is not None:
+        text = data_differences(stored["data"], data_fingerprint(data))
+        if text:
+            differences.append(text)
+    return differences
+
+
+def move_aside(folder: str, paths: Sequence[str], copied: Sequence[str] = ()) -> str:
+    """
+    Move an earlier run's files (``paths``, inside ``folder``) to ``folder/previous/<time stamp>/`` keeping their
+    relative paths; those in ``copied`` are copied there and stay in place. Returns the backup folder.
+    """
+    target = os.path.join(folder, "previous", datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
+    for path in paths:
+        dst = os.path.join(target, os.path.relpath(path, folder))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        (shutil.copy2 if path in set(copied) else shutil.move)(path, dst)
+    logger.warning(f"the earlier run's files in {folder} were backed up to {target}")
+    return target
 
 
 def start_run(
@@ -111,13 +217,8 @@ def start_run(
             raise FileExistsError(f"{ckpt_dir} already holds checkpoints of an earlier run: {found[:3]}")
         if os.path.isfile(os.path.join(ckpt_dir, RUN_CONFIG)):
             found.append(os.path.join(ckpt_dir, RUN_CONFIG))
-        target = os.path.join(ckpt_dir, "previous", datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
-        kept = {os.path.join(ckpt_dir, name) for name in outputs} if copy_outputs else set()
-        for path in found:
-            dst = os.path.join(target, os.path.relpath(path, ckpt_dir))
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            (shutil.copy2 if path in kept else shutil.move)(path, dst)
-        logger.warning(f"the earlier run's files in {ckpt_dir} were backed up to {target}")
+        kept = [os.path.join(ckpt_dir, name) for name in outputs] if copy_outputs else []
+        move_aside(ckpt_dir, found, kept)
     record = {
         "fingerprint": fingerprint(settings),
         "settings": _jsonable(settings),
@@ -127,3 +228,54 @@ def start_run(
     for folder in dict.fromkeys([ckpt_dir, output_dir]):
         atomic_write_json(os.path.join(folder, RUN_CONFIG), record)
     return record["fingerprint"]
+
+
+class RunBackup:
+    """
+    The records a run rewrites (``run_config.json``, ``init.txt``, ``label_subjects.json``, ``model.pt`` and its
+    record): ``save`` (first in ``run``) keeps a copy of each beside it, ``restore`` (the run failed) puts them back
+    and removes those the run created, ``discard`` (it completed) removes the copies. A failed run thus leaves the
+    records of the earlier one, describing the model that is still there.
+    """
+
+    SUFFIX = ".before-run"
+
+    def __init__(self, files: Sequence[str]) -> None:
+        self.files = [os.path.abspath(os.fspath(f)) for f in files]
+        self.existed: dict[str, bool] = {}
+
+    def save(self) -> None:
+        self.existed = {path: os.path.isfile(path) for path in self.files}
+        for path, existed in self.existed.items():
+            if existed:
+                shutil.copy2(path, path + self.SUFFIX)
+
+    def restore(self, *_: object) -> None:
+        for path, existed in self.existed.items():
+            if existed and os.path.isfile(path + self.SUFFIX):
+                os.replace(path + self.SUFFIX, path)
+            elif not existed and os.path.isfile(path):
+                os.remove(path)
+        if self.existed:
+            logger.warning(f"the run failed: its records were rolled back ({', '.join(self.files)})")
+        self.existed = {}
+
+    def discard(self, *_: object) -> None:
+        for path in self.existed:
+            if os.path.isfile(path + self.SUFFIX):
+                os.remove(path + self.SUFFIX)
+        self.existed = {}
+
+
+class RestoreOnFailure:
+    """
+    ``backup.restore`` when the engine fails, ``backup.discard`` when it completes. It does not re-raise the error:
+    put it before a handler that does (``bundle.locks.ReleaseLockHandler``).
+    """
+
+    def __init__(self, backup: RunBackup) -> None:
+        self.backup = backup
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self.backup.discard)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.backup.restore)

@@ -9,6 +9,7 @@ subject, the key and the file) and reported at once. Headers are checked first f
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 import zlib
@@ -20,9 +21,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .data import file_stem
+from .data import file_stem, subject_id
 
-__all__ = ["DataProblems", "summary_text", "validate_records"]
+__all__ = ["DataProblems", "check_overlaps", "summary_text", "validate_records"]
 
 logger = logging.getLogger("multi_condos")
 
@@ -82,6 +83,8 @@ def _read_header(path: str) -> _Header:
         raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from e
     if not isinstance(img, nib.spatialimages.SpatialImage):
         raise ValueError(f"not an image volume ({type(img).__name__})")  # noqa: TRY004 (a data error)
+    if len(img.shape) < 3:
+        raise ValueError(f"a 2-D image (shape {tuple(img.shape)}): a 3-D volume is needed (axial slices = the last axis)")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return _Header(tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=float), zooms)
 
@@ -110,6 +113,10 @@ def _voxel_stats(path: str, is_label: bool) -> dict[str, Any]:
     stats: dict[str, Any] = {"n_nonfinite": int(data.size - finite.sum())}
     stats["min"] = float(data[finite].min()) if finite.any() else float("nan")
     stats["max"] = float(data[finite].max()) if finite.any() else float("nan")
+    # the content hash of the leak check: a copied, renamed or re-compressed file has the same voxels
+    content = hashlib.blake2b(f"{data.shape}{data.dtype}".encode(), digest_size=16)
+    content.update(np.ascontiguousarray(data).tobytes())
+    stats["content"] = content.hexdigest()
     if is_label and stats["n_nonfinite"] == 0:
         stats["values"] = sorted(int(v) for v in np.unique(data)) if np.all(data == np.round(data)) else None
     _VOXEL_CACHE[cache_key] = stats
@@ -134,7 +141,8 @@ def validate_records(
     is not empty and is a readable image; the images and label of a subject share shape and affine (when
     ``check_geometry``); no NaN/inf voxels and no truncated data (when ``check_voxels``); label values are integers
     in ``label_map`` (0 always allowed); at least ``min_subjects`` records. A multi-channel (4-D) file needs its
-    channel index in the record's ``channels`` map (``{"flair": 0}``), within range. Keys in ``resampled_keys``
+    channel index in the record's ``channels`` map (``{"flair": 0}``), within range. An image must be 3-D and (when
+    ``check_voxels``) not blank (one value everywhere: nothing to sample or normalise). Keys in ``resampled_keys``
     (resampled onto another key's grid by the transforms, ``resample_to``) are exempt from the geometry check.
 
     Returns:
@@ -208,6 +216,12 @@ def validate_records(
             if stats["n_nonfinite"]:
                 problems.append(f"subject {subject}, key '{key}', file {path}: {stats['n_nonfinite']} NaN/inf voxel(s)")
                 continue
+            if not is_label and stats["min"] == stats["max"]:
+                problems.append(
+                    f"subject {subject}, key '{key}', file {path}: a blank image (every voxel is {stats['min']:.6g}): "
+                    "no foreground to sample or normalise; remove the subject from the datalist or fix the file"
+                )
+                continue
             low, high = summary.ranges.get(key, (stats["min"], stats["max"]))
             summary.ranges[key] = (min(low, stats["min"]), max(high, stats["max"]))
             if is_label:
@@ -226,6 +240,105 @@ def validate_records(
         raise DataProblems(problems)
     logger.info(summary_text(summary, what))
     return summary
+
+
+def check_overlaps(
+    sections: Mapping[str, Sequence[Mapping[str, Any]]],
+    image_keys: Sequence[str],
+    check_content: bool = True,
+    allow_overlap: bool = False,
+    label_key: str | None = "label",
+) -> list[str]:
+    """
+    Leaks and duplicates among the sections a workflow uses (``training``, ``validation``, ``testing``): a subject id
+    in two sections, a subject listed twice or two records with one subject id, a file used by two subjects, and
+    (``check_content``) two subjects whose images have the same voxels (a copied or renamed record). A benchmark
+    would otherwise report metrics on subjects it trained on.
+
+    Args:
+        sections: the records of each section (absolute paths; already checked by ``validate_records``).
+        image_keys: the image keys compared by content (labels are not: empty labels are alike).
+        check_content: compare the voxel content of ``image_keys`` (read once per file and process).
+        allow_overlap: a deliberate overlap: the problems are logged as a warning instead of raised.
+        label_key: a file key compared by path only.
+
+    Returns:
+        the problems found (empty when none).
+
+    Raises:
+        ValueError: listing every problem, naming the subjects, sections and files, unless ``allow_overlap``.
+    """
+    keys = [*image_keys, *([label_key] if label_key else [])]
+    problems: list[str] = []
+    first_use: dict[str, tuple[str, int, list[str]]] = {}  # subject -> (section, record index, files)
+    file_owner: dict[str, tuple[str, str]] = {}  # file -> (section, subject)
+    flagged: set[tuple[str, int]] = set()
+    for section, records in sections.items():
+        for i, record in enumerate(records):
+            subject = subject_id(dict(record), list(image_keys))
+            files = [os.path.abspath(str(record[k])) for k in keys if isinstance(record.get(k), str)]
+            if subject in first_use:
+                where, j, earlier = first_use[subject]
+                if where != section:
+                    problems.append(f"subject {subject} is in both '{where}' and '{section}'")
+                elif earlier == files:
+                    problems.append(f"'{section}': subject {subject} is listed twice (records {j} and {i})")
+                else:
+                    problems.append(f"'{section}': subject id {subject} is used by two records ({j} and {i})")
+                flagged.add((section, i))
+                continue
+            first_use[subject] = (section, i, files)
+            for path in files:
+                owner = file_owner.setdefault(path, (section, subject))
+                if owner != (section, subject) and (section, i) not in flagged:
+                    problems.append(
+                        f"file {path} is used by subject {owner[1]} ('{owner[0]}') and subject {subject} ('{section}')"
+                    )
+                    flagged.add((section, i))
+    if check_content:
+        problems += _content_overlaps(sections, image_keys, flagged)
+    if problems and not allow_overlap:
+        raise ValueError(
+            f"{len(problems)} leak(s) or duplicate(s) in the records of {', '.join(sections)}:\n  "
+            + "\n  ".join(problems)
+            + "\nFix the datalist (each subject once, in one section), or pass --allow_overlap True for a deliberate "
+            "overlap."
+        )
+    if problems:
+        logger.warning("--allow_overlap True: the records overlap:\n  " + "\n  ".join(problems))
+    return problems
+
+
+def _content_overlaps(
+    sections: Mapping[str, Sequence[Mapping[str, Any]]], image_keys: Sequence[str], flagged: set[tuple[str, int]]
+) -> list[str]:
+    """Pairs of subjects whose ``image_keys`` files have the same voxel content (records already flagged skipped)."""
+    entries = [
+        (section, i, subject_id(dict(record), list(image_keys)), key, str(record[key]))
+        for section, records in sections.items()
+        for i, record in enumerate(records)
+        if (section, i) not in flagged
+        for key in image_keys
+        if isinstance(record.get(key), str) and os.path.isfile(str(record[key]))
+    ]
+    with ThreadPoolExecutor(max_workers=VOXEL_CHECK_THREADS) as pool:
+        futures = {path: pool.submit(_voxel_stats, path, False) for path in sorted({e[4] for e in entries})}
+    problems: list[str] = []
+    seen: dict[str, tuple[str, str, str]] = {}  # content -> (section, subject, file)
+    reported: set[tuple[str, int]] = set()
+    for section, i, subject, key, path in entries:
+        try:
+            content = futures[path].result()["content"]
+        except ValueError:  # an unreadable file is the data check's report, not a leak
+            continue
+        other = seen.setdefault(content, (section, subject, path))
+        if other[1] != subject and (section, i) not in reported:
+            problems.append(
+                f"subjects {other[1]} ('{other[0]}') and {subject} ('{section}') have the same '{key}' image "
+                f"content ({other[2]} and {path}): a copied or renamed record"
+            )
+            reported.add((section, i))
+    return problems
 
 
 def summary_text(summary: DatasetSummary, what: str = "records") -> str:

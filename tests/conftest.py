@@ -27,6 +27,16 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"dataset_dir": str(root), "data_list_file_path": datalist}
 
 
+@pytest.fixture()
+def dataset_copy(tiny_dataset: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """A private copy of the tiny dataset (its datalist uses relative paths), for tests that change files."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset["dataset_dir"], root)
+    return {"dataset_dir": str(root), "data_list_file_path": str(root / os.path.basename(tiny_dataset["data_list_file_path"]))}
+
+
 def tiny_overrides(dataset: dict[str, str], run_dir: Path, **kwargs) -> dict:
     """
     Overrides of a workflow config for a tiny run: ``dataset`` (``dataset_dir``, ``data_list_file_path``),

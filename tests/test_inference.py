@@ -97,7 +97,7 @@ def test_masks_in_input_space_and_equal_to_direct_forward(model, overrides, tiny
     inputs = _testing_inputs(tiny_dataset)
     assert len(inputs) == 2
     expected = sorted(os.path.basename(_mask_path(overrides["output_dir"], i)) for i in inputs)
-    assert sorted(os.listdir(overrides["output_dir"])) == expected
+    assert sorted(os.listdir(overrides["output_dir"])) == sorted([*expected, "run_record.json"])
     for image in inputs:
         src, out = nib.load(image), nib.load(_mask_path(overrides["output_dir"], image))
         assert out.shape == src.shape == (32, 32, 16)
@@ -139,7 +139,7 @@ def test_source_g_ba_segments_modality_b(model, overrides, tiny_dataset):
     _run({**overrides, "source": "g_ba"})
     inputs = _testing_inputs(tiny_dataset, "t2")
     assert sorted(os.listdir(overrides["output_dir"])) == sorted(
-        os.path.basename(_mask_path(overrides["output_dir"], i)) for i in inputs
+        [*(os.path.basename(_mask_path(overrides["output_dir"], i)) for i in inputs), "run_record.json"]
     )
 
 
@@ -161,7 +161,7 @@ def test_user_records_with_a_rotated_flipped_affine_keep_shape_and_affine(model,
         "data_list_file_path": str(tmp_path / "no_datalist.json"),  # not needed once dataset#data is given
     }
     _run(user)
-    assert os.listdir(overrides["output_dir"]) == ["user_scan_t1_seg.nii.gz"]
+    assert sorted(os.listdir(overrides["output_dir"])) == ["run_record.json", "user_scan_t1_seg.nii.gz"]
     out = nib.load(_mask_path(overrides["output_dir"], image))
     assert out.shape == shape
     np.testing.assert_allclose(out.affine, nib.load(image).affine, atol=1e-5)
@@ -194,3 +194,26 @@ def test_monai_label_ids_parse_without_datalist_or_model(tmp_path):
     for name in ("preprocessing", "inferer", "postprocessing"):
         assert parser.get_parsed_content(name) is not None
     assert os.listdir(tmp_path) == []
+
+
+def test_earlier_masks_are_kept_unless_overwrite_and_a_record_names_the_model(model, overrides):
+    import json
+
+    from bundle.files import sha256_file
+
+    _run(overrides)
+    out = overrides["output_dir"]
+    record = json.load(open(os.path.join(out, "run_record.json")))
+    model_file = os.path.join(overrides["ckpt_dir"], "model.pt")
+    assert record["models"] == [{"file": model_file, "sha256": sha256_file(model_file), "record": None}]
+    assert record["workflow"] == "inference" and record["settings"]["features"] == FEATURES
+    assert record["outputs"] == sorted(f for f in os.listdir(out) if f.endswith("_seg.nii.gz"))
+    assert record["data"]["n_files"] == 2 and record["bundle_version"]
+    masks = {f: open(os.path.join(out, f), "rb").read() for f in record["outputs"]}
+    with pytest.raises(SystemExit, match=rf"{out} already holds the outputs of an earlier inference \(3 file\(s\): "):
+        _workflow(overrides)
+    _run({**overrides, "overwrite": True})
+    (stamp,) = os.listdir(os.path.join(out, "previous"))
+    kept = os.path.join(out, "previous", stamp)
+    assert {f: open(os.path.join(kept, f), "rb").read() for f in masks} == masks
+    assert os.path.isfile(os.path.join(kept, "run_record.json")) and os.path.isfile(os.path.join(out, "run_record.json"))

@@ -1,0 +1,284 @@
+"""Runs that cannot lie (issue 14): resume compared with its checkpoint, leak checks, content-keyed disk cache, folder
+locks, clean errors before any compute, inference that keeps earlier masks, failed runs that keep earlier records."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from bundle.handlers import checkpoint_run_record
+from conftest import config_path, run_workflow
+
+TRAIN = config_path("train.yaml")
+PRETRAIN = config_path("pretrain.yaml")
+
+
+def _initialize(config_file, overrides: dict, workflow_type: str | None = "train") -> ConfigWorkflow:
+    wf = ConfigWorkflow(config_file=config_file, workflow_type=workflow_type, **overrides)
+    wf.initialize()
+    return wf
+
+
+def test_finetune_resume_is_compared_with_its_checkpoint(train_overrides, dataset_copy, caplog):
+    overrides = {**train_overrides, **dataset_copy}
+    run_workflow(TRAIN, overrides, workflow_type="train")
+    models, out = overrides["ckpt_dir"], overrides["output_dir"]
+    checkpoint = os.path.join(models, "checkpoints", "checkpoint_final.pt")
+    stored = checkpoint_run_record(checkpoint)
+    assert stored["settings"]["label_fraction"] == 1.0 and stored["data"]["n_files"] == 16
+    before = {name: open(os.path.join(out, name)).read() for name in ("run_config.json", "init.txt")}
+
+    # the issue's case: other fraction, learning rate and initialisation on --resume
+    changed = {**overrides, "resume": True, "epochs": 2, "label_fraction": 0.3, "learning_rate": 0.05}
+    with pytest.raises(SystemExit, match=r"settings and data differ from the run that wrote .*checkpoint_final.pt .*label_fraction: 1.0 -> 0.3.*learning_rate"):
+        _initialize(TRAIN, {**changed, "pretrained_ckpt": "$None"})
+    assert {name: open(os.path.join(out, name)).read() for name in before} == before  # nothing rewritten
+
+    _initialize(TRAIN, {**overrides, "resume": True, "epochs": 2})  # epochs may change
+    t1 = json.load(open(overrides["data_list_file_path"]))["training"][0]["t1"]
+    touched = os.path.join(overrides["dataset_dir"], t1)
+    os.utime(touched, ns=(1, 1))
+    with pytest.raises(SystemExit, match=rf"the data differ .*data: 1 file\(s\) changed \({touched}\)"):
+        _initialize(TRAIN, {**overrides, "resume": True, "epochs": 2})
+    logger = logging.getLogger("multi_condos")  # logging.conf stops it propagating to caplog's root handler
+    logger.addHandler(caplog.handler)
+    try:
+        _initialize(TRAIN, {**overrides, "resume": True, "epochs": 2, "overwrite": True})
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "continuing" in caplog.text and "1 file(s) changed" in caplog.text
+
+
+def test_pretrain_checkpoints_carry_the_run_record(pretrain_overrides):
+    run_workflow(PRETRAIN, {**pretrain_overrides, "epochs": 1}, run_id="training")
+    path = os.path.join(pretrain_overrides["ckpt_dir"], "checkpoints", "checkpoint_final.pt")
+    stored = checkpoint_run_record(path)
+    saved = json.load(open(os.path.join(pretrain_overrides["ckpt_dir"], "run_config.json")))
+    assert stored["fingerprint"] == saved["fingerprint"] and stored["data"]["n_files"] == 16
+    assert torch.load(path, weights_only=True)["trainer"]["iteration"] == 2  # still a plain weights_only checkpoint
+
+
+# ---- leaks and duplicates (issue case 5) ----
+
+
+def _datalist(dataset: dict[str, str]) -> dict:
+    return json.load(open(dataset["data_list_file_path"]))
+
+
+def _write_datalist(dataset: dict[str, str], content: dict) -> None:
+    with open(dataset["data_list_file_path"], "w") as f:
+        json.dump(content, f)
+
+
+def _sections(dataset: dict[str, str], keys=("t1", "t2")) -> dict:
+    from bundle.data import load_datalist
+
+    loaded = load_datalist(dataset["data_list_file_path"], dataset["dataset_dir"], list(keys), ("training", "validation"))
+    testing = load_datalist(dataset["data_list_file_path"], dataset["dataset_dir"], list(keys), ("testing",))
+    return {**loaded, **testing}
+
+
+def test_leaks_and_duplicates_are_named(dataset_copy):
+    import shutil
+
+    from bundle.validation import check_overlaps
+
+    content = _datalist(dataset_copy)
+    test_record = content["testing"][0]
+    renamed = {"subject": "demo_100"}
+    for key in ("t1", "t2", "label"):  # a testing subject copied under another name
+        renamed[key] = test_record[key].replace(test_record["subject"], "demo_100")
+        os.makedirs(os.path.join(dataset_copy["dataset_dir"], os.path.dirname(renamed[key])), exist_ok=True)
+        shutil.copy(*(os.path.join(dataset_copy["dataset_dir"], r[key]) for r in (test_record, renamed)))
+    training = content["training"]
+    content["training"] = [*training, test_record, renamed, training[0], {**training[2], "subject": training[1]["subject"]}]
+    content["validation"] = [training[3]]
+    _write_datalist(dataset_copy, content)
+    with pytest.raises(ValueError) as err:
+        check_overlaps(_sections(dataset_copy), ["t1", "t2"])
+    message = str(err.value)
+    t, s0, s1, s3 = test_record["subject"], training[0]["subject"], training[1]["subject"], training[3]["subject"]
+    assert f"subject {t} is in both 'training' and 'testing'" in message
+    assert f"subject {s3} is in both 'training' and 'validation'" in message
+    assert f"'training': subject {s0} is listed twice (records 0 and 10)" in message
+    assert f"'training': subject id {s1} is used by two records (1 and 11)" in message
+    assert f"subjects {t} ('training') and demo_100 ('training') have the same 't1' image content" in message
+    assert message.startswith("5 leak(s) or duplicate(s)") and "--allow_overlap True" in message
+    assert len(check_overlaps(_sections(dataset_copy), ["t1", "t2"], allow_overlap=True)) == 5  # a warning only
+
+
+def test_a_leak_stops_pretraining_before_any_compute(pretrain_overrides, dataset_copy):
+    content = _datalist(dataset_copy)
+    content["training"].append(content["testing"][0])
+    _write_datalist(dataset_copy, content)
+    overrides = {**pretrain_overrides, **dataset_copy}
+    subject = content["testing"][0]["subject"]
+    with pytest.raises(SystemExit, match=f"subject {subject} is in both 'training' and 'testing'"):
+        _initialize(PRETRAIN, overrides, None)
+    assert not os.path.exists(overrides["ckpt_dir"]) and not os.path.exists(overrides["output_dir"])
+    _initialize(PRETRAIN, {**overrides, "allow_overlap": True}, None)
+
+
+# ---- the disk cache (issue case 2) ----
+
+
+def test_disk_cache_is_keyed_by_file_contents(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from monai.transforms import LoadImaged
+
+    from bundle.data import cached_dataset
+
+    path = str(tmp_path / "s00_t1.nii.gz")
+    nib.save(nib.Nifti1Image(np.full((4, 4, 4), 1.0, np.float32), np.eye(4)), path)
+    args = {"cache": "disk", "cache_dir": str(tmp_path / "cache")}
+    assert float(cached_dataset([{"t1": path}], LoadImaged("t1"), args)[0]["t1"].max()) == 1.0
+    nib.save(nib.Nifti1Image(np.full((4, 4, 4), 7.0, np.float32), np.eye(4)), path)  # same size, new content
+    assert float(cached_dataset([{"t1": path}], LoadImaged("t1"), args)[0]["t1"].max()) == 7.0
+
+
+# ---- one run per folder (issue cases 3 and 4) ----
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(pretrain_overrides, tmp_path):
+    from conftest import make_workflow
+
+    first = make_workflow(PRETRAIN, {**pretrain_overrides, "epochs": 1}, run_id="training")
+    first.parser.get_parsed_content("run_lock").acquire()  # the first step of its run: it is now running
+    lock = os.path.join(pretrain_overrides["ckpt_dir"], ".run.lock")
+    assert json.load(open(lock))["pid"] == os.getpid()
+    other = {**pretrain_overrides, "ckpt_dir": str(tmp_path / "other")}  # the README's ablations share output_dir
+    with pytest.raises(SystemExit, match=rf"--output_dir .* is in use by another run \(pre-training started .* pid {os.getpid()}"):
+        _initialize(PRETRAIN, other, None).run()
+    with pytest.raises(SystemExit, match=r"--ckpt_dir .* is in use by another run"):
+        _initialize(PRETRAIN, {**pretrain_overrides, "output_dir": str(tmp_path / "other_out")}, None).run()
+    assert not os.path.exists(tmp_path / "other" / ".run.lock")  # a refused run holds nothing
+    first.run()
+    assert not os.path.exists(lock)  # released on COMPLETED
+
+
+def test_stale_and_foreign_locks(tmp_path):
+    import subprocess
+    import sys
+
+    from ignite.engine import Engine
+
+    from bundle.locks import LOCK_NAME, ReleaseLockHandler, RunLock, process_start_time
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    path = tmp_path / LOCK_NAME
+    path.write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": gone.pid, "process_start": "1"}))
+    lock = RunLock({"ckpt_dir": str(tmp_path)}).acquire()  # the dead owner's lock is taken over
+    assert json.loads(path.read_text())["process_start"] == process_start_time(os.getpid())
+    engine = Engine(lambda e, b: 1 / 0)
+    ReleaseLockHandler(lock).attach(engine)
+    with pytest.raises(ZeroDivisionError):
+        engine.run([0])
+    assert not path.exists()  # released on EXCEPTION_RAISED, the error still raised
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "2025-01-01T00:00:00", "command": "x"}))
+    with pytest.raises(FileExistsError, match=rf"started 2025-01-01T00:00:00 on host elsewhere, pid 1: x\). .*delete {path}"):
+        RunLock({"output_dir": str(tmp_path)}).acquire()
+
+
+# ---- clean errors before any compute (issue case 8) ----
+
+
+def _replace_volume(dataset: dict[str, str], relative: str, make) -> str:
+    import nibabel as nib
+    import numpy as np
+
+    path = os.path.join(dataset["dataset_dir"], relative)
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(make(np.asarray(img.dataobj)).astype(np.float32), img.affine), path)
+    return path
+
+
+def test_blank_and_2d_volumes_are_named(pretrain_overrides, train_overrides, dataset_copy):
+    import numpy as np
+
+    content = _datalist(dataset_copy)
+    content["validation"], content["training"] = content["training"][-2:], content["training"][:-2]
+    _write_datalist(dataset_copy, content)  # a fixed validation list: the three subjects below are training ones
+    s0, s1, s2 = content["training"][:3]
+    both = [_replace_volume(dataset_copy, s0[k], np.zeros_like) for k in ("t1", "t2")]
+    one = _replace_volume(dataset_copy, s1["t2"], lambda a: np.full_like(a, 3.0))  # a blank B beside a real A
+    flat = _replace_volume(dataset_copy, s2["t1"], lambda a: a[:, :, 0])
+    with pytest.raises(SystemExit) as err:
+        _initialize(PRETRAIN, {**pretrain_overrides, **dataset_copy}, None)
+    message = str(err.value)
+    for key, path in zip(("t1", "t2"), both):
+        assert f"subject {s0['subject']}, key '{key}', file {path}: a blank image (every voxel is 0)" in message
+    assert f"subject {s1['subject']}, key 't2', file {one}: a blank image (every voxel is 3)" in message
+    assert f"subject {s2['subject']}, key 't1', file {flat}: a 2-D image (shape (32, 32))" in message
+    assert not os.path.exists(pretrain_overrides["output_dir"])
+
+    content["validation"] = [s0]  # a blank validation subject of fine-tuning
+    content["training"] = content["training"][3:]  # (6 subjects)
+    _write_datalist(dataset_copy, content)
+    with pytest.raises(SystemExit, match=rf"subject {s0['subject']}, key 'image', file {both[0]}: a blank image"):
+        _initialize(TRAIN, {**train_overrides, **dataset_copy})
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"batch_size": 0}, r"batch_size must be an integer >= 2 \(the contrastive loss .*\), got 0"),
+        ({"batch_size": 1}, r"batch_size must be an integer >= 2 .*got 1"),
+        ({"epochs": 0}, r"epochs must be an integer >= 1, got 0"),
+        ({"epoch_length": 0}, r"epoch_length must be an integer >= 1, got 0"),
+        ({"log_interval": 0}, r"log_interval must be an integer >= 1, got 0"),
+        ({"val_interval": 0}, r"val_interval must be an integer >= 1, got 0"),
+        ({"output_dir": 2025}, r"--output_dir 2025 is a int, not a path .* --output_dir ./2025"),
+    ],
+)
+def test_bad_schedule_values_stop_before_anything(pretrain_overrides, override, message):
+    with pytest.raises(SystemExit, match=message):
+        _initialize(PRETRAIN, {**pretrain_overrides, **override}, None)
+    assert not os.path.exists(pretrain_overrides["ckpt_dir"])
+
+
+def test_unwritable_output_folders_stop_before_anything(train_overrides, tmp_path, monkeypatch):
+    existing = tmp_path / "a_file"
+    existing.write_text("x")
+    with pytest.raises(SystemExit, match=rf"--output_dir {existing} is an existing file, not a folder"):
+        _initialize(TRAIN, {**train_overrides, "output_dir": str(existing)})
+    with pytest.raises(SystemExit, match=r"batch_size must be an integer >= 1, got 0"):
+        _initialize(TRAIN, {**train_overrides, "batch_size": 0})
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(read_only) else real_access(p, mode))
+    with pytest.raises(SystemExit, match=rf"--output_dir {read_only}/out cannot be created \({read_only} is not writable"):
+        _initialize(TRAIN, {**train_overrides, "output_dir": str(read_only / "out")})
+    assert not os.path.exists(train_overrides["ckpt_dir"])
+
+
+# ---- a failed fine-tune keeps the earlier records (issue case 6) ----
+
+
+def test_a_failed_finetune_leaves_the_earlier_records(train_overrides, monkeypatch):
+    from monai.losses import DiceCELoss
+
+    run_workflow(TRAIN, train_overrides, workflow_type="train")
+    models, out = train_overrides["ckpt_dir"], train_overrides["output_dir"]
+    files = [os.path.join(models, f) for f in ("model.pt", "model.json", "run_config.json")]
+    files += [os.path.join(out, f) for f in ("run_config.json", "init.txt", "label_subjects.json")]
+    before = {path: open(path, "rb").read() for path in files}
+
+    def fail(self, *args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(DiceCELoss, "forward", fail)
+    failing = {**train_overrides, "pretrained_ckpt": "$None", "label_fraction": 0.5}
+    with pytest.raises(RuntimeError) as err:
+        run_workflow(TRAIN, failing, workflow_type="train")
+    assert "out of memory (simulated)" in str(err.value.__cause__ or err.value)
+    assert {path: open(path, "rb").read() for path in files} == before  # records of the model that is still there
+    assert not [f for f in os.listdir(models) + os.listdir(out) if f.endswith(".before-run")]
+    assert not os.path.exists(os.path.join(models, ".run.lock"))
