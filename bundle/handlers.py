@@ -6,6 +6,7 @@ metrics history (MONAI's ``MetricsSaver`` keeps only the last run)."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
