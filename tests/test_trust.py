@@ -282,3 +282,13 @@ def test_a_failed_finetune_leaves_the_earlier_records(train_overrides, monkeypat
     assert {path: open(path, "rb").read() for path in files} == before  # records of the model that is still there
     assert not [f for f in os.listdir(models) + os.listdir(out) if f.endswith(".before-run")]
     assert not os.path.exists(os.path.join(models, ".run.lock"))
+
+
+def test_no_progress_bar_when_output_is_not_a_terminal(pretrain_overrides):
+    import sys
+
+    assert not sys.stderr.isatty()  # pytest captures it, as a log file would
+    wf = _initialize(PRETRAIN, pretrain_overrides, None)
+    assert "ignite.handlers.ProgressBar" in [h["_target_"] for h in wf.parser["train"]["handlers"]]  # for terminals
+    built = [type(h).__name__ for h in wf.parser.get_parsed_content("train#handlers")]
+    assert "ProgressBar" not in built and "EngineCheckpointSaver" in built
