@@ -23,6 +23,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from PIL import Image
 
 from .files import atomic_write_json
+from .finite import check_finite_state
 from .networks import MultiConDoSGenerators
 from .records import fingerprint, save_generators, write_record
 
@@ -37,6 +38,7 @@ __all__ = [
     "TranslationPreviewHandler",
     "ValidationHistoryHandler",
     "check_finite",
+    "raise_divergence",
     "checkpoint_run_record",
     "engine_state_objects",
     "latest_checkpoint",
@@ -91,7 +93,9 @@ class GeneratorExportHandler:
                 "iteration": int(engine.state.iteration),
             },
         }
-        save_generators(generators.export_state(), self.filepath, record)
+        state = generators.export_state()
+        check_finite_state(state, self.filepath)  # no NaN/inf reaches generators.pt
+        save_generators(state, self.filepath, record)
         logger.info(f"saved generators (epoch {engine.state.epoch}) to {self.filepath} and its record")
 
 
@@ -155,8 +159,22 @@ class EngineCheckpointSaver(CheckpointSaver):
                 self._key_metric_checkpoint.save_handler, self._write_record
             )
 
+    def _check_finite(self) -> None:
+        """No NaN/inf reaches a file: the objects to save are checked first (one host synchronisation per save)."""
+        state = {key: obj.state_dict() for key, obj in self.save_dict.items() if hasattr(obj, "state_dict")}
+        check_finite_state(state, f"a checkpoint in {self.save_dir}")
+
+    def completed(self, engine: Engine) -> None:
+        self._check_finite()
+        super().completed(engine)
+
+    def interval_completed(self, engine: Engine) -> None:
+        self._check_finite()
+        super().interval_completed(engine)
+
     def metrics_completed(self, engine: Engine) -> None:
         self._evaluator = engine  # the record names the epoch and metric of the weights it describes
+        self._check_finite()
         super().metrics_completed(engine)
 
     def _write_record(self, weights_path: str) -> None:
@@ -319,22 +337,124 @@ class ResumeFromCheckpoint:
 
 class DivergenceGuard:
     """
-    Stop training when a loss becomes NaN/inf, naming the term, the epoch and the iteration. Checkpoints are not
-    written on failure (``EngineCheckpointSaver``), so the last good one stays the latest; resume from it with a lower
-    learning rate.
+    Stop training when a loss (or a gradient) becomes NaN/inf, naming the term and the epoch and iteration where it
+    first did. The values are checked on the device every iteration and read every ``interval`` iterations and at
+    the end of each epoch and of the run (before the checkpoint and export handlers listed after this one), so that
+    no step waits for the device; the steps in between that saw a non-finite value were skipped on the device
+    (``bundle.finite``), so the weights stay those of the last finite step. Checkpoints are not written on failure
+    (``EngineCheckpointSaver``), so the last good one stays the latest; resume from it with a lower learning rate.
 
     Args:
         output_transform: engine output -> a loss value or a dict of named loss values.
+        interval: iterations between reads (e.g. ``log_interval``); 1 reads every iteration.
+        gradients_transform: engine output -> a dict of named gradient norms (the ``"gradients"`` of
+            ``bundle.trainer.MultiConDoSTrainer``); a non-finite one is named only when every loss was finite (a
+            non-finite loss makes its gradients non-finite too).
+        optimizer: for an engine that fires ``IterationEvents.BACKWARD_COMPLETED`` and then steps this optimizer
+            itself (MONAI ``SupervisedTrainer``, with ``decollate=False``): at that event the guard decides on the
+            device whether the step is skipped (loss or gradients not finite; ``bundle.finite.mark_step``), reading
+            the loss with ``output_transform`` there. An optimizer that cannot skip on the device (not ``fused``) is
+            checked on the host before every step instead.
     """
 
-    def __init__(self, output_transform: Any = lambda x: x["loss"]) -> None:
+    def __init__(
+        self,
+        output_transform: Any = lambda x: x["loss"],
+        interval: int = 1,
+        gradients_transform: Any = None,
+        optimizer: Any = None,
+    ) -> None:
+        if int(interval) < 1:
+            raise ValueError(f"DivergenceGuard: interval must be >= 1, got {interval}.")
         self.output_transform = output_transform
+        self.interval = int(interval)
+        self.gradients_transform = gradients_transform
+        self.optimizer = optimizer
+        self._names: list[str] = []
+        self._n_losses = 0
+        self._bad: torch.Tensor | None = None  # per name: non-finite since the last read
+        self._first: torch.Tensor | None = None  # [epoch, iteration] of the first non-finite value (0: none)
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        if self.optimizer is not None:
+            from monai.engines.utils import IterationEvents
+
+            engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._before_step)
+            engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self._after_step)
+        else:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.check)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)
+        engine.add_event_handler(Events.COMPLETED, self.check)
+
+    @staticmethod
+    def _named(values: Any) -> dict[str, Any]:
+        return dict(values) if isinstance(values, Mapping) else {"loss": values}
 
     def __call__(self, engine: Engine) -> None:
-        check_finite(self.output_transform(engine.state.output), engine.state.epoch, engine.state.iteration)
+        """Accumulate this iteration's values (device operations only)."""
+        losses = self._named(self.output_transform(engine.state.output))
+        gradients = {} if self.gradients_transform is None else dict(self.gradients_transform(engine.state.output))
+        self.accumulate(engine, losses, gradients)
+
+    def _before_step(self, engine: Engine) -> None:
+        from .finite import all_finite, gradient_norm, mark_step
+
+        scaler = getattr(engine, "scaler", None)
+        scaling = scaler is not None and scaler.is_enabled()
+        losses = self._named(self.output_transform(engine.state.output))
+        norm = None if scaling else gradient_norm(self.optimizer)
+        gradients = {} if norm is None else {"gradients": norm}
+        self.accumulate(engine, losses, gradients)
+        finite = all_finite([*losses.values(), norm])
+        if not mark_step(self.optimizer, finite, scaler if scaling else None) and not bool(finite):
+            self.check(engine)  # host decision, before the step changes any weight
+
+    def _after_step(self, engine: Engine) -> None:
+        from .finite import unmark_step
+
+        unmark_step(self.optimizer)
+
+    def accumulate(self, engine: Engine, losses: Mapping[str, Any], gradients: Mapping[str, Any]) -> None:
+        """Add one iteration's named losses and gradient norms to the flags (no host synchronisation)."""
+        names = [*losses, *gradients]
+        if names != self._names:
+            self.check(engine)  # other terms than before: report the old ones first
+            self._names, self._n_losses, self._bad, self._first = names, len(losses), None, None
+        values = [torch.as_tensor(v).detach().float().reshape(()) for v in [*losses.values(), *gradients.values()]]
+        device = next((v.device for v in values if v.device.type != "cpu"), values[0].device)
+        bad = ~torch.stack([v.to(device) for v in values]).isfinite()  # python numbers: already on the host
+        if self._bad is None:
+            self._bad = torch.zeros_like(bad)
+            self._first = torch.zeros(2, dtype=torch.int64, device=bad.device)
+        new = bad.any() & (self._first[1] == 0)
+        self._first[0] = torch.where(new, engine.state.epoch, self._first[0])
+        self._first[1] = torch.where(new, engine.state.iteration, self._first[1])
+        self._bad = self._bad | bad
+
+    def check(self, engine: Engine) -> None:
+        """Read the flags (one host synchronisation) and raise if a value was not finite."""
+        if self._bad is None:
+            return
+        flags = torch.cat([self._bad.to(torch.int64), self._first]).tolist()
+        epoch, iteration = flags[-2:]
+        bad = [name for name, flag in zip(self._names, flags) if flag]
+        self._bad, self._first = None, None
+        if bad:
+            losses = [name for name in bad if name in self._names[: self._n_losses]]
+            raise_divergence(losses or bad, epoch, iteration)
+
+
+def raise_divergence(names: Sequence[str], epoch: int, iteration: int) -> None:
+    """
+    Raises:
+        FloatingPointError: naming the loss terms that became NaN/inf, the epoch and the iteration.
+    """
+    raise FloatingPointError(
+        f"training diverged: loss term(s) {list(names)} became NaN/inf at epoch {epoch}, iteration {iteration}. "
+        "The last complete checkpoint is kept; resume from it (--resume True) with a lower learning_rate, "
+        "or check the data."
+    )
 
 
 def check_finite(losses: Any, epoch: int, iteration: int) -> None:
@@ -345,11 +465,7 @@ def check_finite(losses: Any, epoch: int, iteration: int) -> None:
     named = losses if isinstance(losses, dict) else {"loss": losses}
     bad = [name for name, value in named.items() if not math.isfinite(float(value))]
     if bad:
-        raise FloatingPointError(
-            f"training diverged: loss term(s) {bad} became NaN/inf at epoch {epoch}, iteration {iteration}. "
-            "The last complete checkpoint is kept; resume from it (--resume True) with a lower learning_rate, "
-            "or check the data."
-        )
+        raise_divergence(bad, epoch, iteration)
 
 
 def _to_uint8(image: np.ndarray, low: float = -1.0, high: float = 1.0) -> np.ndarray:

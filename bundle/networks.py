@@ -267,9 +267,15 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 class ImagePool:
     """
-    History buffer of generated images (CycleGAN's image pool): once full, each query returns, per image, with
-    probability 0.5 a previously generated image (replacing it by the new one) and otherwise the new image.
-    The discriminators thereby see a history of fakes, which stabilises GAN training.
+    History buffer of generated images (CycleGAN's image pool): while it fills, each query returns its images and
+    stores them; once full, each query returns, per image, with probability 0.5 a stored image (replacing it by the
+    new one) and otherwise the new image. The discriminators thereby see a history of fakes, which stabilises GAN
+    training.
+
+    The stored images are one tensor on the queried images' device and a query is a few batched tensor operations
+    with random draws on that device: no Python loop per image and no host synchronisation (the list-based pool read
+    two random numbers on the host per image). Images of one query are handled as CycleGAN's loop handles them in
+    order: when two of them draw the same slot, the later one returns the image the earlier one stored there.
 
     Args:
         pool_size: number of stored images; 0 disables the pool (queries return their input).
@@ -279,32 +285,74 @@ class ImagePool:
         if pool_size < 0:
             raise ValueError(f"pool_size must be >= 0, got {pool_size}.")
         self.pool_size = int(pool_size)
-        self.images: list[torch.Tensor] = []
+        self.images: torch.Tensor | None = None  # (pool_size, *image_shape) once the first query arrives
+        self.num_images = 0  # filled slots (counted on the host: filling is not random)
+
+    def __len__(self) -> int:
+        return self.num_images
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         """Return a batch of the same shape drawn from the new ``images`` and the history (detached)."""
         images = images.detach()
         if self.pool_size == 0:
             return images
-        out = []
-        for image in images:
-            image = image.unsqueeze(0)
-            if len(self.images) < self.pool_size:
-                self.images.append(image.clone())
-                out.append(image)
-            elif torch.rand(1).item() > 0.5:
-                idx = int(torch.randint(0, self.pool_size, (1,)).item())
-                out.append(self.images[idx].to(images.device).clone())
-                self.images[idx] = image.clone()
-            else:
-                out.append(image)
-        return torch.cat(out, dim=0)
+        if self.images is None:
+            self.images = images.new_zeros((self.pool_size, *images.shape[1:]))
+        elif self.images.device != images.device or self.images.dtype != images.dtype:
+            self.images = self.images.to(device=images.device, dtype=images.dtype)  # restored from a checkpoint
+        if self.images.shape[1:] != images.shape[1:]:
+            raise ValueError(
+                f"image pool: images of shape {list(images.shape[1:])} for a pool of {list(self.images.shape[1:])}."
+            )
+        n_fill = min(images.shape[0], self.pool_size - self.num_images)
+        if n_fill > 0:  # filling: the first images are stored and returned as they are
+            self.images[self.num_images : self.num_images + n_fill] = images[:n_fill]
+            self.num_images += n_fill
+        rest = images[n_fill:]
+        if rest.shape[0] == 0:
+            return images
+        swap = torch.rand(rest.shape[0], device=images.device) > 0.5
+        slot = torch.randint(0, self.pool_size, (rest.shape[0],), device=images.device)
+        return torch.cat([images[:n_fill], self._swap(rest, swap, slot)])
+
+    def _swap(self, images: torch.Tensor, swap: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """
+        The full pool's step for ``images`` with the draws ``swap`` (return a stored image) and ``slot`` (which one),
+        equal to handling the images one by one in order; updates the pool and returns the output images.
+        """
+        n, pool = images.shape[0], self.images
+        order = torch.arange(n, device=images.device)
+        # same[i, j]: image i (earlier) and image j both swap with the same slot
+        same = (slot[:, None] == slot[None, :]) & swap[:, None] & swap[None, :]
+        earlier = torch.where(same & (order[:, None] < order[None, :]), order[:, None], -1).amax(dim=0)
+        later = (same & (order[:, None] > order[None, :])).any(dim=0)
+        # output j: itself, else what the latest earlier image of its slot stored there, else the stored image
+        source = torch.where(swap, torch.where(earlier >= 0, pool.shape[0] + earlier, slot), pool.shape[0] + order)
+        out = torch.cat([pool, images]).index_select(0, source)
+        # each slot keeps the last image that swapped with it (writer -1: the slot is unchanged)
+        slots = torch.arange(pool.shape[0], device=images.device)
+        writes = (slot[:, None] == slots[None, :]) & (swap & ~later)[:, None]
+        writer = torch.where(writes, order[:, None], -1).amax(dim=0)
+        keep = (writer < 0).view(-1, *([1] * (images.dim() - 1)))
+        self.images = torch.where(keep, pool, images.index_select(0, writer.clamp(min=0)))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Checkpointable state (the stored images, on CPU)."""
-        return {"pool_size": self.pool_size, "images": [img.cpu() for img in self.images]}
+        """Checkpointable state: the stored images as one ``(n, *image_shape)`` tensor on the CPU."""
+        stored = self.images[: self.num_images].cpu() if self.images is not None else torch.zeros(0)
+        return {"pool_size": self.pool_size, "images": stored}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the stored images (moved to the device of the next query's inputs when used)."""
+        """Restore the stored images, from this format or the earlier list of ``(1, *image_shape)`` tensors (moved
+        to the device of the next query's inputs)."""
         self.pool_size = int(state["pool_size"])
-        self.images = list(state["images"])
+        stored = state["images"]
+        if isinstance(stored, (list, tuple)):
+            stored = torch.cat(list(stored)) if len(stored) else torch.zeros(0)
+        self.num_images = int(stored.shape[0]) if stored.dim() > 1 else 0
+        if self.num_images > self.pool_size:
+            raise ValueError(f"image pool state holds {self.num_images} images for a pool of {self.pool_size}.")
+        self.images = None
+        if self.num_images:
+            self.images = stored.new_zeros((self.pool_size, *stored.shape[1:]))
+            self.images[: self.num_images] = stored

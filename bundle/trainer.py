@@ -15,7 +15,7 @@ from monai.utils import ForwardMode
 from torch import nn
 from torch.optim import Optimizer
 
-from .handlers import check_finite
+from .finite import finite_step
 from .losses import GeneratorLoss, lsgan_discriminator_loss
 from .networks import ImagePool, MultiConDoSGenerators, unwrap
 
@@ -82,8 +82,12 @@ class MultiConDoSTrainer(Trainer):
     ``keys[1]`` (B). ``engine.state.output`` holds ``"loss"`` (L_G), ``"losses"`` (every term by name as a detached
     0-d tensor: read them every ``log_interval`` iterations, e.g. ``StatsHandler`` with
     ``output_transform=lambda x: x["losses"]``, so that no step waits for the device) and the images
-    ``"a", "b", "fake_a", "fake_b"``. One host synchronisation per step checks that every term is finite before
-    any weight changes.
+    ``"a", "b", "fake_a", "fake_b"`` and ``"gradients"`` (the gradient norms ``g_gradients``, ``d_gradients`` as
+    0-d tensors, absent under fp16 loss scaling). The step has no host synchronisation: a G or D step whose terms or
+    gradients are not finite is skipped on the device (``bundle.finite.finite_step``; the optimizers should be
+    ``fused``, others wait for the device on each step), and ``bundle.handlers.DivergenceGuard`` (with
+    ``output_transform=lambda x: x["losses"]``, ``gradients_transform=lambda x: x["gradients"]``) stops the run within
+    its ``interval``, naming the term.
 
     Args:
         device: device to train on.
@@ -159,6 +163,9 @@ class MultiConDoSTrainer(Trainer):
         use_scaler = bool(amp) and torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported()
         self.g_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.d_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        # torch.compile(mode="reduce-overhead") replays CUDA graphs: each step is marked as a new one
+        compiled = [getattr(m, "_compiled_call_impl", None) is not None for m in (generators, discriminators)]
+        self._compiled = any(compiled)
 
     def _discriminator_losses(
         self, a: torch.Tensor, b: torch.Tensor, fake_a: torch.Tensor, fake_b: torch.Tensor
@@ -177,6 +184,9 @@ class MultiConDoSTrainer(Trainer):
         b = _plain(batchdata[self.keys[1]], engine.state.device, engine.non_blocking, self.memory_format)
         device = torch.device(engine.state.device)
 
+        if self._compiled:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: CUDA graph outputs of the last one may be reused
+
         # generator step, discriminators frozen (used unwrapped: the D step goes through the DDP wrapper)
         self.generators.train()
         self.discriminators.requires_grad_(False)
@@ -184,10 +194,9 @@ class MultiConDoSTrainer(Trainer):
         with _autocast(device, self.amp):
             out = self.generators(a, b, **self.generator_loss.output_flags())  # one forward of the (DDP) pair
             terms = self.generator_loss(out, a, b, discriminators=unwrap(self.discriminators))
-        _check_finite_once(terms, engine)  # before any weight changes
         self.g_scaler.scale(terms["g_total"]).backward()
-        self.g_scaler.step(self.g_optimizer)
-        self.g_scaler.update()
+        # skipped on the device when a term or gradient is not finite: no host synchronisation
+        gradients = {"g_gradients": finite_step(self.g_optimizer, terms.values(), self.g_scaler)}
         losses = {name: value.detach() for name, value in terms.items()}
 
         # discriminator step on pooled, detached fakes
@@ -199,29 +208,20 @@ class MultiConDoSTrainer(Trainer):
             fake_a = self.pool_a.query(out["fake_a"].float())
             with _autocast(device, self.amp):
                 loss_d_a, loss_d_b = self._discriminator_losses(a, b, fake_a, fake_b)
-            d_terms = {"d_a": loss_d_a, "d_b": loss_d_b}
-            _check_finite_once(d_terms, engine)
             self.d_scaler.scale(loss_d_a + loss_d_b).backward()
-            self.d_scaler.step(self.d_optimizer)
-            self.d_scaler.update()
-            losses.update({name: value.detach() for name, value in d_terms.items()})
+            gradients["d_gradients"] = finite_step(self.d_optimizer, (loss_d_a, loss_d_b), self.d_scaler)
+            losses.update({"d_a": loss_d_a.detach(), "d_b": loss_d_b.detach()})
         order = [name for name in LOSS_TERMS if name in losses] + sorted(set(losses) - set(LOSS_TERMS))
 
         return {
             "loss": losses["g_total"],
             "losses": {name: losses[name] for name in order},  # switched-off terms are absent
+            "gradients": {name: norm for name, norm in gradients.items() if norm is not None},
             "a": a.detach(),
             "b": b.detach(),
             "fake_a": out["fake_a"].detach().float(),
             "fake_b": out["fake_b"].detach().float(),
         }
-
-
-def _check_finite_once(terms: dict[str, torch.Tensor], engine: Any) -> None:
-    """One host synchronisation for all terms; the names of the bad ones are looked up only on failure."""
-    if bool(torch.stack([v.detach().float().reshape(()) for v in terms.values()]).isfinite().all()):
-        return
-    check_finite({name: float(v) for name, v in terms.items()}, engine.state.epoch, engine.state.iteration)
 
 
 class TranslationEvaluator(Evaluator):
