@@ -438,7 +438,7 @@ class DivergenceGuard:
             return
         flags = torch.cat([self._bad.to(torch.int64), self._first]).tolist()
         epoch, iteration = flags[-2:]
-        bad = [name for name, flag in zip(self._names, flags) if flag]
+        bad = sorted(name for name, flag in zip(self._names, flags) if flag)
         self._bad, self._first = None, None
         if bad:
             losses = [name for name in bad if name in self._names[: self._n_losses]]

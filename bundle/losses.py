@@ -19,12 +19,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.nn as dist_nn
+from monai.losses import ContrastiveLoss, PatchAdversarialLoss
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = [
     "AdversarialTerm",
     "ContrastiveTerm",
     "CycleTerm",
+    "DeviceContrastiveLoss",
+    "DevicePatchAdversarialLoss",
     "GeneratorLoss",
     "IdentityTerm",
     "PairedL1Term",
@@ -190,3 +194,43 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if not _GATHER_GROUP:
         _GATHER_GROUP.append(dist.new_group())
     return torch.cat(dist_nn.all_gather(x, group=_GATHER_GROUP[0]), dim=0)
+
+
+class DevicePatchAdversarialLoss(PatchAdversarialLoss):
+    """
+    MONAI ``PatchAdversarialLoss`` with its target tensors made on the logits' device. MONAI's build a CPU tensor and
+    copy it to the device on every call (``torch.tensor(1).fill_(label).type(input.type())``): on CUDA each such
+    blocking copy synchronises the host with the device, six per pre-training step.
+    """
+
+    def get_target_tensor(self, input: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+        label = self.real_label if target_is_real else self.fake_label
+        return input.new_full((), label).expand_as(input)
+
+    def get_zero_tensor(self, input: torch.Tensor) -> torch.Tensor:
+        return input.new_zeros(()).expand_as(input)
+
+
+class DeviceContrastiveLoss(ContrastiveLoss):
+    """
+    MONAI ``ContrastiveLoss`` (NT-Xent) with the temperature and the negatives' mask made on the features' device:
+    MONAI's are built on the CPU and copied to the device on every call (two host synchronisations per step on
+    CUDA). Same values.
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if len(target.shape) > 2 or len(input.shape) > 2:
+            raise ValueError(
+                f"Either target or input has dimensions greater than 2 where target "
+                f"shape is ({target.shape}) and input shape is ({input.shape})"
+            )
+        if target.shape != input.shape:
+            raise ValueError(f"ground truth has differing shape ({target.shape}) from input ({input.shape})")
+        batch_size = input.shape[0]
+        negatives_mask = (~torch.eye(2 * batch_size, dtype=torch.bool, device=input.device)).to(input.dtype)
+        features = torch.cat([input, target], dim=0)
+        sim_matrix = F.cosine_similarity(features.unsqueeze(1), features.unsqueeze(0), dim=2)
+        positives = torch.cat([torch.diag(sim_matrix, batch_size), torch.diag(sim_matrix, -batch_size)], dim=0)
+        nominator = torch.exp(positives / self.temperature)
+        denominator = negatives_mask * torch.exp(sim_matrix / self.temperature)
+        return torch.sum(-torch.log(nominator / torch.sum(denominator, dim=1))) / (2 * batch_size)

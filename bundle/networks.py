@@ -20,6 +20,7 @@ __all__ = [
     "MultiConDoSGenerators",
     "ProjectionHead",
     "maybe_compile",
+    "set_speed_switches",
     "TranslationGenerator",
     "share_blocks",
     "unwrap",
@@ -250,14 +251,37 @@ class DiscriminatorPair(nn.Module):
         return self._logits(self.d_a(x_a)), self._logits(self.d_b(x_b))
 
 
-def maybe_compile(module: nn.Module, enabled: bool = False, backend: str = "inductor") -> nn.Module:
+def maybe_compile(
+    module: nn.Module, enabled: bool = False, backend: str = "inductor", mode: str | None = None
+) -> nn.Module:
     """
-    ``module.compile(backend=backend)`` (in place: parameter names and checkpoints stay unchanged) when ``enabled``.
-    On torch 2.13 CPU the inductor backend fails on ``BasicUNet``'s backward; ``aot_eager`` works there.
+    ``module.compile(backend=backend, mode=mode)`` (in place: parameter names and checkpoints stay unchanged) when
+    ``enabled``; ``mode="reduce-overhead"`` replays CUDA graphs. On torch 2.13 CPU the inductor backend fails on
+    ``BasicUNet``'s backward; ``aot_eager`` works there.
     """
     if enabled:
-        module.compile(backend=backend)
+        module.compile(backend=backend, mode=mode)
     return module
+
+
+def set_speed_switches(tf32: bool | None = None, cudnn_benchmark: bool = False) -> dict[str, Any]:
+    """
+    The process-wide switches that trade exactness for GPU speed: ``tf32`` (TF32 matmuls and convolutions on Ampere
+    and later; None leaves PyTorch's default: convolutions TF32, matmuls not) and ``cudnn_benchmark`` (cuDNN picks the
+    fastest, possibly non-deterministic, algorithm per shape). Call after ``monai.utils.set_determinism``, which
+    switches the benchmark off. Returns the values in effect.
+    """
+    if tf32 is not None:
+        torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+        torch.backends.cudnn.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+    if cudnn_benchmark:
+        torch.backends.cudnn.deterministic = False
+    return {
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
 
 
 def unwrap(module: nn.Module) -> nn.Module:
