@@ -84,8 +84,8 @@ def test_nan_loss_stops_training_before_any_weight_changes():
     before = [p.clone() for p in trainer.generators.parameters()]
     bad = {k: v.clone() for k, v in batches[0].items()}
     bad["t2"][0, 0, 0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match=r"loss term\(s\) \[.*'pix2pix'.*\] became NaN/inf at epoch"):
-        trainer._iteration(trainer, bad)
+    out = trainer._iteration(trainer, bad)  # skipped (DivergenceGuard raises within log_interval: test_step_sync)
+    assert not torch.isfinite(out["losses"]["pix2pix"])
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.generators.parameters()))
     with pytest.raises(FloatingPointError, match=r"\['loss'\] became NaN/inf at epoch 3, iteration 7"):
         check_finite(float("inf"), 3, 7)
