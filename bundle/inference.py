@@ -175,7 +175,7 @@ def segmentation_postprocessing(
     (``configs/inference.yaml``): softmax; with ``foreground_only``, the background class outside the input's
     foreground (``bundle.transforms.ForegroundOnlyd``, nnU-Net's crop to the non-zero region); argmax; then
     optionally MONAI's ``KeepLargestConnectedComponentd`` (the largest component of each foreground class) and
-    ``RemoveSmallObjectsd`` (foreground components under ``min_object_size`` voxels become background). It works in
+    ``RemoveSmallObjectsd`` (foreground components of fewer than ``min_object_size`` voxels become background). It works in
     the network's space: consumers add their own transforms after it (one-hot for metrics, ``Invertd`` and writers).
 
     Args:
@@ -183,7 +183,7 @@ def segmentation_postprocessing(
         background: the input's background value after its intensity rule (``bundle.preprocessing.backgrounds``).
         foreground_only: segment only inside the input's foreground.
         keep_largest: keep only the largest connected component of each foreground class.
-        min_object_size: remove foreground components smaller than this many voxels (0: off).
+        min_object_size: remove foreground components of fewer voxels (connectivity 1; 0: off).
 
     Raises:
         ValueError: ``min_object_size`` negative or not an integer.
@@ -198,9 +198,10 @@ def segmentation_postprocessing(
         chain.append(
             KeepLargestConnectedComponentd(keys=pred_key, applied_labels=list(range(1, int(num_classes))), is_onehot=False)
         )
-    if min_object_size:
-        # independent_channels=False: the components of the foreground (all classes together), classes kept
-        chain.append(RemoveSmallObjectsd(keys=pred_key, min_size=int(min_object_size), independent_channels=False))
+    if min_object_size > 1:
+        # independent_channels=False: the components of the foreground (all classes together), classes kept;
+        # min_size - 1: scikit-image 0.26 (pinned) removes the components of at most min_size voxels
+        chain.append(RemoveSmallObjectsd(keys=pred_key, min_size=int(min_object_size) - 1, independent_channels=False))
     return chain
 
 
