@@ -41,6 +41,7 @@ WRITER_HANDLERS: tuple[str, ...] = (
     "SegmentationReportHandler",
     "StatsHandler",
     "TensorBoardStatsHandler",
+    "TrainingSummaryHandler",
     "TranslationPreviewHandler",
     "ValidationHistoryHandler",
 )

@@ -25,11 +25,24 @@ from monai.metrics import (
     get_confusion_matrix,
 )
 
-__all__ = ["METRIC_NAMES", "SegmentationReportHandler", "summarise"]
+__all__ = ["DATA_SECTIONS", "METRIC_NAMES", "SegmentationReportHandler", "check_data_section", "summarise"]
 
 logger = logging.getLogger("multi_condos")
 
 METRIC_NAMES: tuple[str, ...] = ("dice", "iou", "hd95", "sensitivity", "precision")
+#: the subjects ``configs/evaluate.yaml`` can evaluate: the datalist's testing ones, or the fine-tuning's validation
+#: ones (where choices are made)
+DATA_SECTIONS: tuple[str, ...] = ("testing", "validation")
+
+
+def check_data_section(section: str) -> str:
+    """
+    Raises:
+        ValueError: ``section`` not one of ``DATA_SECTIONS``.
+    """
+    if section not in DATA_SECTIONS:
+        raise ValueError(f"data_section must be one of {list(DATA_SECTIONS)}, got {section!r}.")
+    return section
 
 
 def _finite(values: Sequence[float]) -> list[float]:
@@ -62,11 +75,14 @@ class SegmentationReportHandler:
     Args:
         output_dir: where to write.
         subject_key: batch key with the subject id (falls back to the label's file name).
+        settings: what produced the masks (e.g. the subjects' section and the post-processing), written into the
+            summary under ``settings``.
     """
 
-    def __init__(self, output_dir: str, subject_key: str = "subject") -> None:
+    def __init__(self, output_dir: str, subject_key: str = "subject", settings: dict[str, Any] | None = None) -> None:
         self.output_dir = output_dir
         self.subject_key = subject_key
+        self.settings = None if settings is None else dict(settings)
         self.rows: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -119,6 +135,8 @@ class SegmentationReportHandler:
             writer.writeheader()
             writer.writerows(self.rows)
         summary = summarise(self.rows, METRIC_NAMES)
+        if self.settings is not None:
+            summary["settings"] = self.settings
         with open(os.path.join(self.output_dir, "metrics_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)  # no NaN/inf in it: undefined values are counted, not averaged
         for name in METRIC_NAMES:

@@ -25,7 +25,7 @@ from PIL import Image
 from .files import atomic_write_json
 from .finite import check_finite_state
 from .networks import MultiConDoSGenerators
-from .records import fingerprint, save_generators, write_record
+from .records import fingerprint, read_record, record_path, save_generators, write_record
 
 __all__ = [
     "DivergenceGuard",
@@ -35,6 +35,7 @@ __all__ = [
     "RNGState",
     "ResumeFromCheckpoint",
     "RunRecord",
+    "TrainingSummaryHandler",
     "TranslationPreviewHandler",
     "ValidationHistoryHandler",
     "check_finite",
@@ -566,3 +567,74 @@ class LossHistoryHandler(ValidationHistoryHandler):
         row: dict[str, Any] = {"epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration)}
         row.update({name: float(value) for name, value in losses.items()})
         return row
+
+
+#: entries ``write_record`` adds itself (left out when a record is rewritten)
+_RECORD_OWN_KEYS = ("schema", "weights", "bundle_version", "written")
+
+
+class TrainingSummaryHandler:
+    """
+    Attached to a trainer whose ``validator`` keeps the best weights by its key metric: records every validation's
+    key metric and, when training ends (all epochs, or stopped early by MONAI's ``EarlyStopHandler``), writes
+    ``output_dir/<filename>`` with the best epoch and value, the last epoch and value, the planned and trained epochs,
+    whether the run stopped early and the validation curve (``[[epoch, value], ...]``). With ``model_file``, the same
+    entries (the curve aside) go into the ``training`` part of its record (``model.json``), which then says which
+    epoch of how many its weights are. A resumed run's curve starts at the resume.
+
+    Args:
+        validator: the evaluator run by the trainer's ``ValidationHandler``.
+        output_dir: where the summary goes.
+        model_file: the best-metric weights (``model.pt``) whose record gets the summary; ``None``: no record.
+        filename: the summary's file name.
+    """
+
+    def __init__(
+        self, validator: Engine, output_dir: str, model_file: str | None = None, filename: str = "training_summary.json"
+    ) -> None:
+        self.validator = validator
+        self.output_dir = output_dir
+        self.model_file = model_file
+        self.filename = filename
+        self.curve: list[list[float]] = []
+
+    def attach(self, engine: Engine) -> None:
+        self.validator.add_event_handler(Events.EPOCH_COMPLETED, self._record_validation)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def _record_validation(self, validator: Engine) -> None:
+        name = getattr(validator.state, "key_metric_name", None)
+        value = validator.state.metrics.get(name) if name else None
+        if value is not None:
+            self.curve.append([int(validator.state.epoch), float(value)])
+
+    def summary(self, engine: Engine) -> dict[str, Any]:
+        """The summary of a finished run (``engine``: the trainer)."""
+        state = self.validator.state
+        best_epoch = int(getattr(state, "best_metric_epoch", -1))
+        last = self.curve[-1] if self.curve else [None, None]
+        return {
+            "key_metric": getattr(state, "key_metric_name", None),
+            "best_epoch": best_epoch if best_epoch >= 0 else None,
+            "best_metric": float(state.best_metric) if best_epoch >= 0 else None,
+            "last_epoch": int(engine.state.epoch),
+            "last_validation_epoch": last[0],
+            "last_metric": last[1],
+            "max_epochs": int(engine.state.max_epochs),
+            "iterations": int(engine.state.iteration),
+            "stopped_early": int(engine.state.epoch) < int(engine.state.max_epochs),
+            "validations": len(self.curve),
+        }
+
+    def __call__(self, engine: Engine) -> None:
+        summary = self.summary(engine)
+        atomic_write_json(os.path.join(self.output_dir, self.filename), {**summary, "validation_curve": self.curve})
+        if self.model_file and os.path.isfile(self.model_file) and os.path.isfile(record_path(self.model_file)):
+            record = {k: v for k, v in read_record(self.model_file).items() if k not in _RECORD_OWN_KEYS}
+            record["training"] = {**(record.get("training") or {}), **summary}
+            write_record(self.model_file, record)
+        logger.info(
+            f"training ended at epoch {summary['last_epoch']} of {summary['max_epochs']}"
+            + (" (stopped early)" if summary["stopped_early"] else "")
+            + f"; best {summary['key_metric']} {summary['best_metric']} at epoch {summary['best_epoch']}"
+        )

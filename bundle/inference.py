@@ -10,11 +10,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monai.inferers import SliceInferer
+from monai.transforms import (
+    Activationsd,
+    AsDiscreted,
+    KeepLargestConnectedComponentd,
+    RemoveSmallObjectsd,
+    Transform,
+)
 from torch import nn
 
 from .data import file_stem, read_json, read_torch_file
 from .records import OUTPUT_RECORD, SEGMENTATION_KIND, ModelSource, read_record, write_output_record
 from .runs import move_aside
+from .transforms import ForegroundOnlyd
 
 __all__ = [
     "MASK_POSTFIX",
@@ -25,6 +33,8 @@ __all__ = [
     "mask_paths",
     "model_source",
     "output_label_values",
+    "postprocessing_record",
+    "segmentation_postprocessing",
     "slice_inferer",
     "start_inference",
     "write_inference_record",
@@ -148,6 +158,60 @@ def slice_inferer(
         cval=float(background),
         progress=False,
     )
+
+
+def segmentation_postprocessing(
+    num_classes: int,
+    background: float = 0.0,
+    foreground_only: bool = True,
+    keep_largest: bool = False,
+    min_object_size: int = 0,
+    pred_key: str = "pred",
+    image_key: str = "image",
+) -> list[Transform]:
+    """
+    The bundle's decision from network outputs to a class-index mask, written once for validation and evaluation
+    (``configs/train.yaml``'s ``validate#postprocessing``, which ``configs/evaluate.yaml`` keeps) and inference
+    (``configs/inference.yaml``): softmax; with ``foreground_only``, the background class outside the input's
+    foreground (``bundle.transforms.ForegroundOnlyd``, nnU-Net's crop to the non-zero region); argmax; then
+    optionally MONAI's ``KeepLargestConnectedComponentd`` (the largest component of each foreground class) and
+    ``RemoveSmallObjectsd`` (foreground components of fewer than ``min_object_size`` voxels become background). It works in
+    the network's space: consumers add their own transforms after it (one-hot for metrics, ``Invertd`` and writers).
+
+    Args:
+        num_classes: classes, background included.
+        background: the input's background value after its intensity rule (``bundle.preprocessing.backgrounds``).
+        foreground_only: segment only inside the input's foreground.
+        keep_largest: keep only the largest connected component of each foreground class.
+        min_object_size: remove foreground components of fewer voxels (connectivity 1; 0: off).
+
+    Raises:
+        ValueError: ``min_object_size`` negative or not an integer.
+    """
+    if isinstance(min_object_size, bool) or int(min_object_size) != min_object_size or min_object_size < 0:
+        raise ValueError(f"min_object_size must be an integer >= 0 (voxels; 0: off), got {min_object_size!r}.")
+    chain: list[Transform] = [Activationsd(keys=pred_key, softmax=True)]
+    if foreground_only:
+        chain.append(ForegroundOnlyd(keys=pred_key, image_key=image_key, background=float(background)))
+    chain.append(AsDiscreted(keys=pred_key, argmax=True))
+    if keep_largest:
+        chain.append(
+            KeepLargestConnectedComponentd(keys=pred_key, applied_labels=list(range(1, int(num_classes))), is_onehot=False)
+        )
+    if min_object_size > 1:
+        # independent_channels=False: the components of the foreground (all classes together), classes kept;
+        # min_size - 1: scikit-image 0.26 (pinned) removes the components of at most min_size voxels
+        chain.append(RemoveSmallObjectsd(keys=pred_key, min_size=int(min_object_size) - 1, independent_channels=False))
+    return chain
+
+
+def postprocessing_record(foreground_only: bool, keep_largest: bool, min_object_size: int) -> dict[str, Any]:
+    """The post-processing switches as recorded in a run's outputs (``run_record.json``, ``metrics_summary.json``)."""
+    return {
+        "foreground_only": bool(foreground_only),
+        "keep_largest": bool(keep_largest),
+        "min_object_size": int(min_object_size),
+    }
 
 
 def earlier_outputs(output_dir: str | os.PathLike) -> list[str]:

@@ -13,12 +13,20 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, NormalizeIntensity, ResizeWithPadOrCrop, ScaleIntensityRange, Spacingd
+from monai.transforms import (
+    MapTransform,
+    NormalizeIntensity,
+    ResizeWithPadOrCrop,
+    ScaleIntensityRange,
+    Spacingd,
+    SpatialPad,
+)
 from monai.transforms.traits import RandomizableTrait
 
 __all__ = [
     "INTENSITY_RULES",
     "ForegroundMaskd",
+    "ForegroundOnlyd",
     "ForegroundSlicesd",
     "MapLabelsd",
     "ModalityIntensityd",
@@ -184,12 +192,14 @@ class SelectChanneld(MapTransform):
 class ResizeWithBackgroundd(MapTransform):
     """
     MONAI's ``ResizeWithPadOrCrop`` with a padding value per key (each modality's background, 0 for masks and
-    labels), which ``ResizeWithPadOrCropd`` cannot do: it pads every key with one value.
+    labels), which ``ResizeWithPadOrCropd`` cannot do: it pads every key with one value. With ``pad_only``, MONAI's
+    ``SpatialPad`` instead: dimensions already at least ``spatial_size`` are kept (random crops pick the window).
 
     Args:
         keys: keys to pad or crop, all to ``spatial_size`` (-1 keeps a dimension).
-        spatial_size: the output spatial size.
+        spatial_size: the output spatial size (with ``pad_only``: the least one).
         backgrounds: padding value of every key, or ``{key: value}`` (keys not in it use 0).
+        pad_only: pad to at least ``spatial_size``, never crop.
     """
 
     def __init__(
@@ -197,13 +207,14 @@ class ResizeWithBackgroundd(MapTransform):
         keys: KeysCollection,
         spatial_size: Sequence[int] | int,
         backgrounds: float | Mapping[str, float] = 0.0,
+        pad_only: bool = False,
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
         values = backgrounds if isinstance(backgrounds, Mapping) else dict.fromkeys(self.keys, backgrounds)
+        resizer = SpatialPad if pad_only else ResizeWithPadOrCrop
         self.resizers = {
-            key: ResizeWithPadOrCrop(spatial_size, mode="constant", value=float(values.get(key, 0.0)))
-            for key in self.keys
+            key: resizer(spatial_size, mode="constant", value=float(values.get(key, 0.0))) for key in self.keys
         }
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -266,6 +277,49 @@ class ForegroundMaskd(MapTransform):
         if mask is None:
             raise KeyError(f"ForegroundMaskd: none of {list(self.keys)} in the data.")
         d[self.mask_key] = mask.to(self.dtype)
+        return d
+
+
+class ForegroundOnlyd(MapTransform):
+    """
+    Segment only inside the input's foreground (nnU-Net's crop to the non-zero region, at inference): wherever
+    ``image_key`` is background in every channel (``ForegroundMaskd`` with the intensity rule's background: 0 for
+    ``mri``, -1 for ``ct``/``pet``), the predictions ``keys`` become the background class. A prediction with several
+    channels (probabilities or one-hot, class 0 first) gets ``[1, 0, ...]`` there, one with a single channel (class
+    indices) gets 0. The image and the predictions must share their spatial shape (apply it before ``Invertd``).
+
+    Args:
+        keys: channel-first predictions.
+        image_key: the network's input, in the model's intensity range.
+        background: the input's background value (``bundle.preprocessing.backgrounds``).
+
+    Raises:
+        ValueError: when a prediction's spatial shape differs from the image's.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, image_key: str = "image", background: float = 0.0, allow_missing_keys: bool = False
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+        self.mask = ForegroundMaskd(keys=image_key, mask_key="foreground", background=background, dtype=torch.bool)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        outside = ~self.mask({self.image_key: d[self.image_key]})["foreground"][0]
+        for key in self.key_iterator(d):
+            pred = d[key]
+            if tuple(pred.shape[1:]) != tuple(outside.shape):
+                raise ValueError(
+                    f"ForegroundOnlyd: '{key}' has spatial shape {tuple(pred.shape[1:])} but '{self.image_key}' has "
+                    f"{tuple(outside.shape)}: apply it in the network's space, before Invertd."
+                )
+            out = pred.clone()
+            where = outside.to(out.device)
+            out[:, where] = 0
+            if out.shape[0] > 1:
+                out[0, where] = 1
+            d[key] = out
         return d
 
 

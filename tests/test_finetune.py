@@ -16,7 +16,7 @@ from monai.networks.nets import BasicUNet
 from bundle.data import load_datalist
 from bundle.finetune import initialise_network, load_pretrained, select_finetune_records, select_source
 from bundle.transforms import MapLabelsd
-from conftest import TINY_NET, config_path, run_workflow
+from conftest import TINY_NET, config_path, run_workflow, scratch_finetune_overrides
 
 TRAIN = config_path("train.yaml")
 EVALUATE = [config_path("train.yaml"), config_path("evaluate.yaml")]
@@ -205,3 +205,53 @@ def test_train_config_ids_for_monai_label():
     for key in ("bundle_root", "dataset_dir", "data_list_file_path", "ckpt_dir", "output_dir", "device", "epochs"):
         assert key in parser.config
     assert parser["validate"]["handlers"][-1]["key_metric_filename"] == "model.pt"
+
+
+@pytest.mark.parametrize(
+    ("schedule", "half", "end"), [("poly", 0.5**0.9, 0.0), ("cosine", 0.5, 0.0), ("constant", 1.0, 1.0)]
+)
+def test_lr_schedules(schedule, half, end):
+    from bundle.recipe import lr_lambda
+
+    factor = lr_lambda(schedule, 100)
+    assert factor(0) == pytest.approx(1.0)
+    assert factor(50) == pytest.approx(half)
+    assert factor(100) == pytest.approx(end) and factor(150) == pytest.approx(end)
+    assert factor(25) >= factor(50) >= factor(75)
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        lr_lambda("step", 100)
+
+
+def test_lr_decays_per_iteration_and_early_stopping_records_best_and_last_epoch(tiny_dataset, tmp_path):
+    # min_delta 1: no validation can improve on the first, so training stops after `patience` more validations
+    overrides = scratch_finetune_overrides(
+        tiny_dataset, tmp_path / "models", tmp_path / "out", epochs=6, patience=2, min_delta=1.0, learning_rate=0.01
+    )
+    wf = run_workflow(TRAIN, overrides, workflow_type="train")
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert (trainer.state.epoch, trainer.state.iteration) == (3, 6)  # stopped at epoch 3 of 6 (2 iterations each)
+    # stepped every iteration over the whole budget (6 x 2): poly factor (1 - 6/12)^0.9, not (1 - 3/12)^0.9
+    lr = wf.parser.get_parsed_content("optimizer").param_groups[0]["lr"]
+    assert lr == pytest.approx(0.01 * 0.5**0.9)
+    summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
+    curve = summary["validation_curve"]
+    assert [epoch for epoch, _ in curve] == [1, 2, 3]
+    best = max(range(3), key=lambda i: (curve[i][1], -i))
+    assert summary["best_epoch"] == curve[best][0] and summary["best_metric"] == pytest.approx(curve[best][1])
+    assert (summary["last_epoch"], summary["max_epochs"], summary["stopped_early"]) == (3, 6, True)
+    with open(tmp_path / "out" / "validation_metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
+    training = json.loads((tmp_path / "models" / "model.json").read_text())["training"]
+    assert (training["best_epoch"], training["last_epoch"], training["stopped_early"]) == (summary["best_epoch"], 3, True)
+    assert training["epoch"] == training["best_epoch"]  # the record still describes the best weights
+    assert training["settings"]["lr_schedule"] == "poly" and training["settings"]["patience"] == 2
+
+
+def test_bad_recipe_values_stop_before_anything_is_written(tiny_dataset, tmp_path):
+    overrides = scratch_finetune_overrides(
+        tiny_dataset, tmp_path / "models", tmp_path / "out", lr_schedule="step", patience=-1, crop_pos=0, crop_neg=0
+    )
+    wf = ConfigWorkflow(config_file=TRAIN, workflow_type="train", **overrides)
+    with pytest.raises(SystemExit, match=r"lr_schedule must be one of .*patience must be .*crop_pos \+ crop_neg"):
+        wf.initialize()
+    assert not os.path.exists(tmp_path / "models") and not os.path.exists(tmp_path / "out")

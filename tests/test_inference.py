@@ -107,9 +107,11 @@ def test_masks_in_input_space_and_equal_to_direct_forward(model, overrides, tiny
         mask = np.asanyarray(out.dataobj)
         assert set(np.unique(mask).tolist()) <= {0, 1}
         # with roi = the whole 32x32 slice, SliceInferer is exactly the network on each slice
-        logits = _direct_logits(model, np.asanyarray(src.dataobj))
+        volume = np.asanyarray(src.dataobj)
+        logits = _direct_logits(model, volume)
         decided = np.abs(logits[1] - logits[0]) > 1e-4  # ignore float ties
-        np.testing.assert_array_equal(mask[decided], logits.argmax(0)[decided])
+        expected = np.where(volume != 0, logits.argmax(0), 0)  # background outside the head (foreground_only)
+        np.testing.assert_array_equal(mask[decided], expected[decided])
         assert decided.mean() > 0.99
     assert {0, 1} <= set(np.unique(np.asanyarray(nib.load(_mask_path(overrides["output_dir"], inputs[0])).dataobj)))
 
@@ -217,3 +219,64 @@ def test_earlier_masks_are_kept_unless_overwrite_and_a_record_names_the_model(mo
     kept = os.path.join(out, "previous", stamp)
     assert {f: open(os.path.join(kept, f), "rb").read() for f in masks} == masks
     assert os.path.isfile(os.path.join(kept, "run_record.json")) and os.path.isfile(os.path.join(out, "run_record.json"))
+
+
+def _always_foreground(path: Path) -> None:
+    """A network that predicts class 1 everywhere, even on empty input (its output bias decides), saved at ``path``."""
+    net = _network()
+    with torch.no_grad():
+        net.final_conv.weight.zero_()
+        net.final_conv.bias.copy_(torch.tensor([-5.0, 5.0]))
+    os.makedirs(path.parent, exist_ok=True)
+    torch.save(net.state_dict(), path)
+
+
+@pytest.mark.parametrize(
+    ("intensity", "empty", "inside"), [("mri", 0.0, (100.0, 900.0)), ("ct", -1000.0, (-150.0, 200.0))]
+)
+def test_mask_is_background_outside_the_input_foreground(overrides, tmp_path, intensity, empty, inside):
+    # the network predicts the lesion everywhere; the mask must still stop at the input's foreground: non-zero
+    # voxels (mri), voxels above the HU window's lower end (ct, whose background is -1 after the rule)
+    _always_foreground(tmp_path / "models" / "model.pt")
+    rng = np.random.default_rng(0)
+    volume = np.full((32, 32, 4), empty, dtype=np.float32)
+    volume[6:20, 8:28, 1:3] = rng.uniform(*inside, size=(14, 20, 2))
+    image = str(tmp_path / f"scan_{intensity}.nii.gz")
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), image)
+    user = {**overrides, "intensity": intensity, "dataset#data": [{"image": image}], "keep_largest": True}
+    for foreground_only, out in ((True, "fg"), (False, "all")):
+        _run({**user, "output_dir": str(tmp_path / out), "foreground_only": foreground_only})
+    mask = np.asanyarray(nib.load(_mask_path(str(tmp_path / "fg"), image)).dataobj)
+    np.testing.assert_array_equal(mask, (volume != empty).astype(np.uint8))
+    assert np.asanyarray(nib.load(_mask_path(str(tmp_path / "all"), image)).dataobj).all()  # the network alone
+    record = json.load(open(tmp_path / "fg" / "run_record.json"))
+    assert record["settings"]["postprocessing"] == {"foreground_only": True, "keep_largest": True, "min_object_size": 0}
+
+
+def test_postprocessing_switches_keep_the_largest_and_remove_small_objects():
+    from monai.transforms import Compose
+
+    from bundle.inference import segmentation_postprocessing
+
+    image = torch.ones(1, 16, 16, 4)
+    image[:, :, 12:] = 0  # the input's background: a band of empty space
+    logits = torch.zeros(2, 16, 16, 4)
+    logits[1, 1:7, 1:7, :] = 5  # a large object (144 voxels)
+    logits[1, 9:11, 2:4, 1:3] = 5  # a small one (8 voxels)
+    logits[1, 4:6, 13:15, :] = 5  # predicted in empty space
+
+    def decide(**switches) -> torch.Tensor:
+        chain = Compose(segmentation_postprocessing(2, 0.0, **switches))
+        return chain({"pred": logits.clone(), "image": image})["pred"][0]
+
+    large, small, outside = torch.zeros(16, 16, 4, dtype=torch.bool), torch.zeros(16, 16, 4, dtype=torch.bool), None
+    large[1:7, 1:7, :], small[9:11, 2:4, 1:3] = True, True
+    outside = torch.zeros(16, 16, 4, dtype=torch.bool)
+    outside[4:6, 13:15, :] = True
+    assert torch.equal(decide(foreground_only=False).bool(), large | small | outside)
+    assert torch.equal(decide().bool(), large | small)
+    assert torch.equal(decide(keep_largest=True).bool(), large)
+    assert torch.equal(decide(min_object_size=9).bool(), large)
+    assert torch.equal(decide(min_object_size=8).bool(), large | small)  # objects of at least min_object_size stay
+    with pytest.raises(ValueError, match="min_object_size must be an integer >= 0"):
+        segmentation_postprocessing(2, 0.0, min_object_size=-1)
