@@ -3,7 +3,8 @@
 """
 The Multi-ConDoS generator objective as one loss module: a weighted sum of named terms,
 
-    L_G = w_adv * L_adv + w_cyc * L_cycle + w_pix * L_pix2pix + w_con * L_contrastive + w_idt * L_identity,
+    L_G = w_adv * L_adv + w_cyc * L_cycle + w_pix * L_pix2pix + w_con * L_contrastive + w_loc * L_local_contrastive
+          + w_idt * L_identity,
 
 each term a small class that says which generator outputs it needs. The loss returns every term by name as a tensor
 (no host synchronisation: the trainer reads them every ``log_interval`` iterations). A term whose weight is 0 is
@@ -31,14 +32,19 @@ __all__ = [
     "DevicePatchAdversarialLoss",
     "GeneratorLoss",
     "IdentityTerm",
+    "LocalContrastiveTerm",
     "PairedL1Term",
     "Pix2PixTerm",
     "gather_with_grad",
+    "contrastive_weights",
     "lsgan_discriminator_loss",
 ]
 
+#: the ``contrastive`` config choices: the subject-level term (the paper's), the location-level one, or both
+CONTRASTIVE_MODES: tuple[str, ...] = ("global", "local", "both")
+
 #: generator outputs a term may ask for (``MultiConDoSGenerators.forward`` flags)
-OUTPUT_FLAGS: tuple[str, ...] = ("cycle", "identity", "project")
+OUTPUT_FLAGS: tuple[str, ...] = ("cycle", "identity", "project", "project_local")
 
 
 class Term(nn.Module):
@@ -128,6 +134,65 @@ class ContrastiveTerm(Term):
         if self.all_ranks:
             z_a, z_b = gather_with_grad(z_a), gather_with_grad(z_b)
         return self.criterion(z_a, z_b)
+
+
+class LocalContrastiveTerm(Term):
+    """
+    The location-level (dense) multimodal contrastive loss on the dense projections ``q_a``, ``q_b`` of one encoder
+    level (``MultiConDoSGenerators(local_level=...)``): the same location in the two modalities is a positive pair,
+    other locations and other subjects are negatives; locations are drawn inside the slices' foreground (a voxel
+    that is not background in A or in B).
+
+    Args:
+        criterion: ``(q_a, q_b, mask) -> loss``, e.g. ``bundle.dense_contrastive.DenseContrastiveLoss`` (which samples
+            the locations and, in a distributed run, may gather them across ranks).
+        backgrounds: the value of empty space in A and in B after their intensity rules (``mri``: 0, ``ct``/``pet``:
+            -1); ``None``: every location may be drawn.
+    """
+
+    needs = ("project_local",)
+
+    def __init__(self, criterion: Callable, backgrounds: tuple[float, float] | None = None) -> None:
+        super().__init__()
+        self.criterion = criterion
+        self.backgrounds = None if backgrounds is None else tuple(float(v) for v in backgrounds)
+
+    def forward(self, out, a, b, **context: Any) -> torch.Tensor:
+        mask = None
+        if self.backgrounds is not None:
+            mask = ((a != self.backgrounds[0]) | (b != self.backgrounds[1])).any(dim=1, keepdim=True)
+        return self.criterion(out["q_a"], out["q_b"], mask)
+
+
+def contrastive_weights(
+    mode: str,
+    lambda_contrastive: float,
+    lambda_local_contrastive: float,
+    local_level: str | None = None,
+    local_samples: int = 1,
+) -> dict[str, float]:
+    """
+    The weights of the ``contrastive`` (subject-level) and ``local_contrastive`` (location-level) terms for the
+    config choice ``contrastive: global | local | both``; the term not chosen gets 0 (neither computed nor logged).
+
+    Raises:
+        ValueError: an unknown ``mode``; with the location-level term on, a ``local_level`` that is no
+            ``BasicUNet`` encoder block or ``local_samples < 1``; each naming the id and the choices.
+    """
+    from .networks import ENCODER_BLOCKS
+
+    if mode not in CONTRASTIVE_MODES:
+        raise ValueError(f"contrastive must be one of {list(CONTRASTIVE_MODES)}, got {mode!r}.")
+    weights = {
+        "contrastive": float(lambda_contrastive) if mode in ("global", "both") else 0.0,
+        "local_contrastive": float(lambda_local_contrastive) if mode in ("local", "both") else 0.0,
+    }
+    if weights["local_contrastive"] != 0:
+        if local_level not in ENCODER_BLOCKS:
+            raise ValueError(f"local_level must be one of {list(ENCODER_BLOCKS)}, got {local_level!r}.")
+        if int(local_samples) < 1:
+            raise ValueError(f"local_samples must be >= 1, got {local_samples}.")
+    return weights
 
 
 class GeneratorLoss(nn.Module):

@@ -1,7 +1,8 @@
 # Copyright (c) multi-condos contributors
 # Licensed under the Apache License, Version 2.0
 """Networks of Multi-ConDoS that MONAI lacks: a BasicUNet translation generator that also returns its bottleneck
-feature, a generator pair with domain sharing layers, the contrastive projection head and the image pool."""
+feature, a generator pair with domain sharing layers, the contrastive projection heads (global and dense) and the image
+pool."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from monai.networks.layers import Conv
 from monai.networks.nets import BasicUNet
 from monai.networks.utils import normal_init
 from torch import nn
 
 __all__ = [
     "BASIC_UNET_BLOCKS",
+    "DenseProjectionHead",
     "DiscriminatorPair",
+    "ENCODER_BLOCKS",
     "ImagePool",
     "MultiConDoSGenerators",
     "ProjectionHead",
@@ -40,6 +44,9 @@ BASIC_UNET_BLOCKS: tuple[str, ...] = (
     "final_conv",
 )
 
+#: the encoder blocks of ``BasicUNet`` (``down_4`` is the bottleneck), whose outputs a dense contrastive loss may read
+ENCODER_BLOCKS: tuple[str, ...] = BASIC_UNET_BLOCKS[:5]
+
 
 class TranslationGenerator(nn.Module):
     """
@@ -59,10 +66,15 @@ class TranslationGenerator(nn.Module):
         self.unet = unet
         self.return_features = bool(return_features)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+    def forward(self, x: torch.Tensor, level: str | None = None) -> tuple[torch.Tensor, ...] | torch.Tensor:
         """
+        Args:
+            x: the input image.
+            level: an ``ENCODER_BLOCKS`` name whose output is returned too (the dense contrastive features).
+
         Returns:
-            the translated image in [-1, 1] and (``return_features``) the bottleneck feature (output of ``down_4``).
+            the translated image in [-1, 1] and (``return_features``) the bottleneck feature (output of ``down_4``),
+            then (``level``) that encoder block's output.
         """
         # BasicUNet.forward does not expose the bottleneck, so its (short) forward pass is spelled out here.
         net = self.unet
@@ -76,7 +88,11 @@ class TranslationGenerator(nn.Module):
         u2 = net.upcat_2(u3, x1)
         u1 = net.upcat_1(u2, x0)
         image = torch.tanh(net.final_conv(u1))
-        return (image, x4) if self.return_features else image
+        if not self.return_features:
+            return image
+        if level is None:
+            return image, x4
+        return image, x4, dict(zip(ENCODER_BLOCKS, (x0, x1, x2, x3, x4)))[level]
 
 
 class ProjectionHead(nn.Module):
@@ -100,6 +116,32 @@ class ProjectionHead(nn.Module):
         return self.mlp(features.flatten(2).mean(dim=2))
 
 
+class DenseProjectionHead(nn.Module):
+    """
+    The projection head of the dense (location-level) contrastive loss: 1x1 convolution, ReLU, 1x1 convolution, so
+    every location of a feature map gets its own projected vector (DenseCL, Wang et al., CVPR 2021).
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        in_channels: channels of the feature map.
+        hidden_channels: width of the hidden layer.
+        out_channels: dimension of each projected vector.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, hidden_channels: int, out_channels: int) -> None:
+        super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.mlp = nn.Sequential(
+            conv(in_channels, hidden_channels, kernel_size=1),
+            nn.ReLU(inplace=True),
+            conv(hidden_channels, out_channels, kernel_size=1),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Project a ``(B, C, *spatial)`` feature map to ``(B, out_channels, *spatial)``."""
+        return self.mlp(features)
+
+
 def share_blocks(source: nn.Module, target: nn.Module, block_names: Sequence[str]) -> None:
     """
     Make ``target`` use the very same module instances as ``source`` for ``block_names`` (domain sharing layers).
@@ -120,7 +162,8 @@ def share_blocks(source: nn.Module, target: nn.Module, block_names: Sequence[str
 class MultiConDoSGenerators(nn.Module):
     """
     The two translation generators G_AB and G_BA of Multi-ConDoS with their domain sharing layers, plus the
-    projection head of the multimodal contrastive loss.
+    projection head of the multimodal contrastive loss (and, with ``local_level``, the dense projection head of the
+    location-level one).
 
     Both generators are 2-D (or 3-D) MONAI ``BasicUNet`` networks with a tanh output. The blocks named in
     ``shared_blocks`` are the same module instances in both generators, so they learn domain-sharing features;
@@ -141,6 +184,11 @@ class MultiConDoSGenerators(nn.Module):
         act: activation of ``BasicUNet``.
         norm: normalisation of ``BasicUNet``.
         upsample: upsampling mode of ``BasicUNet``.
+        local_level: an ``ENCODER_BLOCKS`` name: build the dense projection head (``local_head``, 1x1 convolutions,
+            hidden width the block's width) on that block's output for the location-level contrastive loss; ``None``
+            (the default) builds none, and the pair is exactly the subject-level-only one (same tensors, same
+            random initialisation).
+        local_projection_dim: output dimension of the dense projection head.
     """
 
     def __init__(
@@ -156,10 +204,15 @@ class MultiConDoSGenerators(nn.Module):
         act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
         norm: str | tuple = ("instance", {"affine": True}),
         upsample: str = "deconv",
+        local_level: str | None = None,
+        local_projection_dim: int = 128,
     ) -> None:
         super().__init__()
         if len(features) != 6:
             raise ValueError(f"features must have 6 entries (BasicUNet), got {list(features)}.")
+        if local_level is not None and local_level not in ENCODER_BLOCKS:
+            raise ValueError(f"local_level: unknown encoder block '{local_level}'; choose from {list(ENCODER_BLOCKS)}.")
+        self.local_level = local_level
         self.network_args: dict[str, Any] = {
             "spatial_dims": int(spatial_dims),
             "in_channels": int(in_channels),
@@ -175,6 +228,11 @@ class MultiConDoSGenerators(nn.Module):
         if init_std is not None:
             for module in [*unets, self.head]:
                 module.apply(lambda m: normal_init(m, std=init_std))
+        if local_level is not None:  # built and initialised last: the other tensors draw the same random numbers
+            width = int(features[ENCODER_BLOCKS.index(local_level)])
+            self.local_head = DenseProjectionHead(int(spatial_dims), width, width, int(local_projection_dim))
+            if init_std is not None:
+                self.local_head.apply(lambda m: normal_init(m, std=init_std))
         share_blocks(unets[0], unets[1], self.shared_blocks)
         self.g_ab = TranslationGenerator(unets[0])
         self.g_ba = TranslationGenerator(unets[1])
@@ -202,7 +260,13 @@ class MultiConDoSGenerators(nn.Module):
         }
 
     def forward(
-        self, a: torch.Tensor, b: torch.Tensor, cycle: bool = True, identity: bool = False, project: bool = True
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        cycle: bool = True,
+        identity: bool = False,
+        project: bool = True,
+        project_local: bool = False,
     ) -> dict[str, torch.Tensor]:
         """
         Every generator output one training step needs, in one call (so that a ``DistributedDataParallel`` wrapper of
@@ -211,10 +275,21 @@ class MultiConDoSGenerators(nn.Module):
         Returns:
             ``fake_b`` = G_AB(a), ``fake_a`` = G_BA(b); with ``cycle`` ``rec_a`` = G_BA(fake_b), ``rec_b`` =
             G_AB(fake_a); with ``identity`` ``idt_b`` = G_AB(b), ``idt_a`` = G_BA(a); with ``project`` ``z_a``,
-            ``z_b``: the projected shared-bottleneck features of a (through G_AB) and b (through G_BA).
+            ``z_b``: the projected shared-bottleneck features of a (through G_AB) and b (through G_BA); with
+            ``project_local`` ``q_a``, ``q_b``: the dense projections (``local_head``) of the ``local_level`` feature
+            maps of a (through G_AB) and b (through G_BA), ``(B, local_projection_dim, *spatial)``.
+
+        Raises:
+            ValueError: ``project_local`` without a ``local_level``.
         """
-        fake_b, feat_a = self.g_ab(a)
-        fake_a, feat_b = self.g_ba(b)
+        if project_local:
+            if self.local_level is None:
+                raise ValueError("the local contrastive loss needs MultiConDoSGenerators(local_level=...).")
+            fake_b, feat_a, local_a = self.g_ab(a, self.local_level)
+            fake_a, feat_b, local_b = self.g_ba(b, self.local_level)
+        else:
+            fake_b, feat_a = self.g_ab(a)
+            fake_a, feat_b = self.g_ba(b)
         out = {"fake_a": fake_a, "fake_b": fake_b}
         if cycle:
             out["rec_a"], out["rec_b"] = self.g_ba(fake_b)[0], self.g_ab(fake_a)[0]
@@ -222,6 +297,8 @@ class MultiConDoSGenerators(nn.Module):
             out["idt_b"], out["idt_a"] = self.g_ab(b)[0], self.g_ba(a)[0]
         if project:
             out["z_a"], out["z_b"] = self.head(feat_a), self.head(feat_b)
+        if project_local:
+            out["q_a"], out["q_b"] = self.local_head(local_a), self.local_head(local_b)
         return out
 
 

@@ -28,6 +28,7 @@ LOSS_TERMS: tuple[str, ...] = (
     "cycle",
     "pix2pix",
     "contrastive",
+    "local_contrastive",
     "identity",
     "d_a",
     "d_b",

@@ -178,8 +178,11 @@ def paper_loss(
     lambda_contrastive: float = 1.0,
     lambda_identity: float = 0.0,
     contrastive_all_ranks: bool = False,
+    local_contrastive_loss=None,
+    lambda_local_contrastive: float = 1.0,
 ):
-    """The paper's objective built in Python, as configs/pretrain.yaml's ``generator_loss`` declares it."""
+    """The paper's objective built in Python, as configs/pretrain.yaml's ``generator_loss`` declares it (with
+    ``local_contrastive_loss``, e.g. a ``DenseContrastiveLoss``, the location-level term too: ``contrastive: both``)."""
     from bundle import losses
 
     terms = {
@@ -190,6 +193,8 @@ def paper_loss(
     }
     if contrastive_loss is not None:
         terms["contrastive"] = losses.ContrastiveTerm(contrastive_loss, contrastive_all_ranks)
+    if local_contrastive_loss is not None:
+        terms["local_contrastive"] = losses.LocalContrastiveTerm(local_contrastive_loss, (0.0, 0.0))
     weights = {
         "adversarial": lambda_adversarial,
         "cycle": lambda_cycle,
@@ -197,6 +202,8 @@ def paper_loss(
         "contrastive": lambda_contrastive,
         "identity": lambda_identity,
     }
+    if local_contrastive_loss is not None:
+        weights["local_contrastive"] = lambda_local_contrastive
     return losses.GeneratorLoss(terms, weights)
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT, TINY_NET
@@ -13,8 +14,8 @@ from conftest import ROOT, TINY_NET
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
-def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _run(cmd: list[str], timeout: int = 300, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_vars}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -102,3 +103,15 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path):
     init = MultiConDoSGenerators(features=(8, 8, 16, 16, 32, 8), projection_hidden=16, projection_dim=8).state_dict()
     moved = [k for k in init if not torch.allclose(init[k], s1["generators"][k])]
     assert len(moved) > len(init) // 2
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_the_local_contrastive_term(tmp_path):
+    """contrastive: both, the location vectors gathered across ranks (gather_with_grad): 2 ranks = 1 process."""
+    one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
+    _run([sys.executable, "tests/ddp_worker.py", one], LOCAL="1")
+    _run([*TORCHRUN, "tests/ddp_worker.py", two], LOCAL="1")
+    s1, s2 = torch.load(one), torch.load(two)
+    assert any(k.startswith("local_head.") for k in s1["generators"])
+    for key, value in s1["generators"].items():
+        torch.testing.assert_close(s2["generators"][key], value, rtol=1e-3, atol=3e-5, msg=key)
