@@ -305,6 +305,9 @@ class ResumeFromCheckpoint:
     engine starts: networks, optimizers, LR schedulers, the engine's epoch/iteration, ``engine_attrs`` and the RNG
     states, with MONAI ``CheckpointLoader``. Training then continues from that epoch.
 
+    Keys of ``optional`` (e.g. ``sampler``, the device sampler's state) are loaded only when the checkpoint holds
+    them: a checkpoint written before they were saved still resumes (with a warning).
+
     Raises:
         FileNotFoundError: when enabled and there is no complete checkpoint.
     """
@@ -317,6 +320,7 @@ class ResumeFromCheckpoint:
         engine_key: str = "trainer",
         engine_attrs: Sequence[str] = (),
         map_location: Any = None,
+        optional: Sequence[str] = (),
     ) -> None:
         self.checkpoint_dir = checkpoint_dir
         self.load_dict = dict(load_dict)
@@ -324,6 +328,7 @@ class ResumeFromCheckpoint:
         self.engine_key = engine_key
         self.engine_attrs = list(engine_attrs)
         self.map_location = map_location
+        self.optional = list(optional)
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
@@ -332,6 +337,11 @@ class ResumeFromCheckpoint:
         if path is None:
             raise FileNotFoundError(f"--resume True, but {self.checkpoint_dir} holds no complete checkpoint.")
         load_dict = {**self.load_dict, **engine_state_objects(engine, self.engine_key, self.engine_attrs)}
+        if self.optional:
+            held = torch.load(path, map_location="cpu", weights_only=True).keys()
+            for key in [k for k in self.optional if k in load_dict and k not in held]:
+                logger.warning(f"{path} holds no '{key}' (written before it was saved): it starts afresh.")
+                load_dict.pop(key)
         CheckpointLoader(load_path=path, load_dict=load_dict, map_location=self.map_location).attach(engine)
         logger.info(f"resuming from {path}")
 

@@ -1,0 +1,508 @@
+# Copyright (c) multi-condos contributors
+# Licensed under the Apache License, Version 2.0
+"""
+The training cache held on the training device and batched samplers that draw each batch with tensor ops there
+(``device_cache`` in ``configs/pretrain.yaml`` / ``configs/train.yaml``).
+
+Why a hand-written batched sampler (measured, ``python scripts/benchmark_cache.py --sampler True``, 2 CPU cores,
+batch 8, 64x64 slices, 12 compact 64x64x48 volumes; times per batch):
+
+- pre-training: the configs' per-sample MONAI chain (``RandWeightedCropd`` one slice, ``SqueezeDimd``,
+  ``DeleteItemsd``, ``EnsureTyped``, two ``RandFlipd``) through ``DataLoader`` takes 4.9 ms per batch of 8 against
+  0.22 ms for ``PairedSliceSampler`` (22x); fine-tuning's chain (``RandCropByPosNegLabeld``, flips, ``RandRotated``,
+  intensity scale/shift; batch 16, 4 slices per subject) takes 21 ms against 2.3 ms for ``LabelSliceSampler`` (9x);
+- on a GPU the per-sample chain also runs on the CPU (``num_workers`` 0) and copies every batch to the device; it
+  cost about half of a pre-training iteration on an H200 (0.131 s workflow against 0.071 s for the bare step, issue
+  13), more than the step itself. MONAI has no batched equivalent of these per-sample crops (``ThreadDataLoader`` and
+  ``EnsureTyped(device=...)`` only move the per-sample chain; they do not batch it).
+
+The samplers reproduce the distribution of the configs' chains (tests/test_device_data.py compares them):
+
+- ``RandWeightedCropd`` with an in-plane ``spatial_size`` equal to the cached volumes' (``ResizeWithBackgroundd``
+  already padded them with each modality's background) weighs a slice by the foreground mask at its in-plane centre
+  voxel (MONAI's "valid" region of a window as large as the slice is its centre), never draws a volume's last slice
+  (the valid range of a 1-slice window ends one slice early in ``monai.transforms.utils.weighted_patch_samples``) and
+  draws uniformly when no weight is positive; ``PairedSliceSampler`` does the same (``centre_slice_weights``).
+- ``RandCropByPosNegLabeld`` picks a positive sample with probability ``pos / (pos + neg)`` (0 without label voxels,
+  1 without background voxels) and then a voxel uniformly among the label (background) voxels: a slice with
+  probability proportional to its label (background) voxel count; ``LabelSliceSampler`` does the same.
+- the augmentation is the config's own list of MONAI transforms, applied per batch (``BatchAugmentation``: each
+  sample draws its own flips, rotation angle and intensity factors; rotations use MONAI's ``AffineTransform`` with
+  the matrix of ``monai.transforms.Rotate``).
+
+Each batch is drawn without a host synchronisation: subjects are shuffled once per pass (``torch.randperm``), slices
+chosen by ``torch.searchsorted`` in the per-slice cumulative weights, all with the sampler's own ``torch.Generator``
+on the device, whose state (with the pass in progress) ``state_dict`` / ``load_state_dict`` save and restore.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.data import CacheDataset, PersistentDataset
+from monai.networks.layers import AffineTransform
+from monai.transforms import (
+    Compose,
+    RandFlipd,
+    RandomizableTrait,
+    RandRotated,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Transform,
+)
+
+__all__ = [
+    "DEVICE_MEMORY_FRACTION",
+    "BatchAugmentation",
+    "LabelSliceSampler",
+    "PairedSliceSampler",
+    "centre_slice_weights",
+    "check_device_cache",
+    "compact_volumes",
+    "device_volumes",
+    "sampler_state",
+]
+
+logger = logging.getLogger("multi_condos")
+
+#: the device cache is used (``device_cache: auto``) when its tensors take at most this fraction of the device's free
+#: memory when the cache is built (the networks are already there; the rest is left to the step's activations)
+DEVICE_MEMORY_FRACTION = 0.5
+
+
+def check_device_cache(device_cache: Any) -> None:
+    """
+    Raises:
+        ValueError: ``device_cache`` is not ``auto``, ``True`` or ``False``.
+    """
+    if not (isinstance(device_cache, bool) or device_cache == "auto"):
+        raise ValueError(f"device_cache must be auto, True or False, got {device_cache!r}.")
+
+
+def compact_volumes(dataset: Any) -> list[dict[str, Any]]:
+    """
+    The cached part of every record of ``dataset`` (the output of its transforms up to the first random one: the
+    compact volumes), from its cache where it has one (``CacheDataset``, ``PersistentDataset``), else computed.
+
+    Args:
+        dataset: a MONAI dataset whose ``transform`` is a ``Compose`` (``bundle.data.cached_dataset``).
+    """
+    transform = dataset.transform
+    if not isinstance(transform, Compose):
+        raise ValueError(f"the training dataset's transform must be a monai Compose, got {type(transform).__name__}.")
+    first_random = transform.get_index_of_first(
+        lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform)
+    )
+    out = []
+    for i in range(len(dataset.data)):
+        if isinstance(dataset, CacheDataset) and i < dataset.cache_num and dataset._cache[i] is not None:
+            item = dataset._cache[i]
+        elif isinstance(dataset, PersistentDataset):
+            item = dataset._cachecheck(dataset.data[i])  # reads (or writes) the disk cache
+        else:
+            item = transform(dataset.data[i], end=first_random, threading=True)
+        out.append(dict(item))
+    return out
+
+
+def _plain(x: Any) -> torch.Tensor:
+    x = x.as_tensor() if hasattr(x, "as_tensor") else x
+    return torch.as_tensor(x)
+
+
+def _nbytes(x: Any) -> int:
+    x = _plain(x)
+    return x.element_size() * x.nelement()
+
+
+def device_volumes(
+    device_cache: bool | str,
+    device: torch.device | str,
+    dataset: Any,
+    keys: Sequence[str],
+    what: str = "training",
+) -> list[dict[str, Any]] | None:
+    """
+    Decide whether the training volumes go on ``device`` (and log the decision with the memory estimate); return
+    them (the cached, compact volumes, on the host) if so, ``None`` if not.
+
+    Args:
+        device_cache: ``auto`` (on when ``device`` is CUDA and the volumes take at most ``DEVICE_MEMORY_FRACTION`` of
+            its free memory), ``True`` (on; an error when they do not fit) or ``False`` (off: the per-sample loader).
+        device: the training device.
+        dataset: the training dataset (its cache is read, or filled).
+        keys: the keys held on the device (their bytes are the estimate, with 16 bytes per slice of weights).
+        what: the workflow, for the messages.
+
+    Raises:
+        ValueError: a bad ``device_cache``.
+        MemoryError: ``device_cache`` True and the volumes do not fit, naming the estimate and the free memory.
+    """
+    check_device_cache(device_cache)
+    device = torch.device(device)
+    if device_cache is False or (device_cache == "auto" and device.type != "cuda"):
+        logger.info(f"device_cache {device_cache}: {what} batches come from the per-sample loader (device {device}).")
+        return None
+    volumes = compact_volumes(dataset)
+    slices = sum(int(_plain(v[keys[0]]).shape[-1]) for v in volumes)
+    estimate = sum(_nbytes(v[k]) for v in volumes for k in keys) + 16 * slices
+    limit = None
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        limit = DEVICE_MEMORY_FRACTION * free
+    fits = limit is None or estimate <= limit
+    room = "" if limit is None else f" (free {free / 2**20:.0f} MiB, at most {DEVICE_MEMORY_FRACTION:.0%} for data)"
+    text = f"{len(volumes)} {what} volumes ({slices} slices) need {estimate / 2**20:.1f} MiB on {device}{room}"
+    if device_cache is True and not fits:
+        raise MemoryError(
+            f"device_cache True: {text}: they do not fit. Set --device_cache auto or False (the per-sample loader), "
+            "lower image_size, or free device memory."
+        )
+    logger.info(f"device_cache {device_cache}: {text}: {'on' if fits else 'off, the per-sample loader'}.")
+    return volumes if fits else None
+
+
+def centre_slice_weights(mask: torch.Tensor) -> torch.Tensor:
+    """
+    ``RandWeightedCropd``'s slice weights for a channel-first ``[C, H, W, D]`` weight map when the window is
+    ``[H, W, 1]``: the map's first channel at the in-plane centre voxel, and 0 for the last slice (outside MONAI's
+    valid range) unless the volume has one slice. Returns ``[D]`` int64.
+    """
+    mask = _plain(mask)
+    h, w, d = mask.shape[-3:]
+    weights = (mask[0, h // 2, w // 2, :] > 0).long()
+    if d > 1:
+        weights[-1] = 0
+    return weights
+
+
+def _offsets(depths: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor([0, *depths], dtype=torch.long).cumsum(0)[:-1].to(device)
+
+
+def _prefix(weights: torch.Tensor) -> torch.Tensor:
+    """Exclusive cumulative sum: ``prefix[i]`` = sum of ``weights[:i]`` (length ``len(weights) + 1``)."""
+    return torch.cat([weights.new_zeros(1), weights.cumsum(0)])
+
+
+def _weighted_slices(
+    prefix: torch.Tensor, offsets: torch.Tensor, counts: torch.Tensor, r: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    One global slice index per entry: slice ``i`` of the range ``[offset, offset + count)`` with probability
+    ``w_i / sum(w)`` (``prefix`` of the weights ``w``), drawn from uniform ``r`` in [0, 1). Also returns the ranges'
+    total weights (where 0, the index is that of the range's first slice: the caller draws uniformly instead).
+    """
+    low, total = prefix[offsets], prefix[offsets + counts] - prefix[offsets]
+    target = low + torch.minimum((r * total).long(), (total - 1).clamp(min=0))
+    index = torch.searchsorted(prefix, target, right=True) - 1
+    return torch.where(total > 0, index, offsets), total
+
+
+def _uniform(offsets: torch.Tensor, counts: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    return offsets + torch.minimum((r * counts).long(), counts - 1)
+
+
+class BatchAugmentation:
+    """
+    A list of MONAI dictionary transforms applied to a batch ``{key: [B, C, H, W]}`` at once, each sample with its
+    own random draw, as each transform would draw it per sample: ``RandFlipd``, 2-D ``RandRotated`` (``keep_size``;
+    MONAI's ``AffineTransform`` with ``Rotate``'s matrix, each key with its mode, padding mode and
+    ``align_corners``), ``RandScaleIntensityd`` and ``RandShiftIntensityd`` (not channel-wise). The parameters are
+    read from the transforms, so the config declares the augmentation once for both paths.
+
+    Args:
+        transforms: the transforms, in order.
+
+    Raises:
+        ValueError: a transform (or an option of one) that has no batched form here, naming it.
+    """
+
+    def __init__(self, transforms: Sequence[Any] = ()) -> None:
+        self.transforms = list(transforms)
+        for t in self.transforms:
+            self._check(t)
+
+    @staticmethod
+    def _check(t: Any) -> None:
+        name = type(t).__name__
+        if isinstance(t, RandRotated):
+            rot = t.rand_rotate
+            if any(float(v) != 0.0 for v in (*rot.range_y, *rot.range_z)) or not rot.keep_size:
+                raise ValueError(f"{name}: only 2-D rotations (range_x) with keep_size have a batched form.")
+        elif isinstance(t, RandScaleIntensityd):
+            if t.scaler.channel_wise:
+                raise ValueError(f"{name}: channel_wise has no batched form.")
+        elif isinstance(t, RandShiftIntensityd):
+            if t.shifter.channel_wise or any(k is not None for k in t.factor_key):
+                raise ValueError(f"{name}: channel_wise and factor_key have no batched form.")
+        elif not isinstance(t, RandFlipd):
+            raise ValueError(
+                f"{name} has no batched form in bundle.device_data.BatchAugmentation (RandFlipd, RandRotated, "
+                "RandScaleIntensityd, RandShiftIntensityd): use --device_cache False."
+            )
+
+    def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        batch = dict(batch)
+        for t in self.transforms:
+            first = batch[next(iter(t.keys))]
+            n, device = first.shape[0], first.device
+            apply = torch.rand(n, generator=generator, device=device) < float(t.prob)
+            keys = [k for k in t.keys if k in batch]
+            if isinstance(t, RandFlipd):
+                axes = t.flipper.spatial_axis
+                axes = [axes] if isinstance(axes, int) else list(axes) if axes is not None else None
+                for k in keys:
+                    x = batch[k]
+                    dims = [a % (x.ndim - 2) + 2 for a in axes] if axes is not None else list(range(2, x.ndim))
+                    batch[k] = torch.where(apply.view(-1, *[1] * (x.ndim - 1)), x.flip(dims), x)
+            elif isinstance(t, RandRotated):
+                low, high = (float(v) for v in t.rand_rotate.range_x)
+                angle = low + (high - low) * torch.rand(n, generator=generator, device=device)
+                for i, k in enumerate(t.keys):
+                    if k in batch:
+                        batch[k] = _rotate(batch[k], angle, apply, t.mode[i], t.padding_mode[i], t.align_corners[i])
+            else:
+                if isinstance(t, RandScaleIntensityd):
+                    low, high = (float(v) for v in t.scaler.factors)
+                else:
+                    low, high = (float(v) for v in t.shifter.offsets)
+                value = low + (high - low) * torch.rand(n, generator=generator, device=device)
+                for k in keys:
+                    x = batch[k]
+                    v = value.view(-1, *[1] * (x.ndim - 1)).to(x.dtype)
+                    changed = x * (1 + v) if isinstance(t, RandScaleIntensityd) else x + v
+                    batch[k] = torch.where(apply.view(-1, *[1] * (x.ndim - 1)), changed, x)
+        return batch
+
+
+def _rotate(
+    x: torch.Tensor, angle: torch.Tensor, apply: torch.Tensor, mode: str, padding_mode: str, align_corners: bool
+) -> torch.Tensor:
+    """``monai.transforms.Rotate(angle, keep_size=True)`` of each 2-D sample of ``x`` [B, C, H, W] where ``apply``."""
+    h, w = x.shape[-2:]
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero, one = torch.zeros_like(angle), torch.ones_like(angle)
+    rotation = torch.stack([cos, -sin, zero, sin, cos, zero, zero, zero, one], 1).view(-1, 3, 3)
+    centre = torch.tensor([[1.0, 0.0, (h - 1) / 2], [0.0, 1.0, (w - 1) / 2], [0.0, 0.0, 1.0]], device=x.device)
+    back = torch.tensor([[1.0, 0.0, -(h - 1) / 2], [0.0, 1.0, -(w - 1) / 2], [0.0, 0.0, 1.0]], device=x.device)
+    matrix = centre @ rotation @ back
+    xform = AffineTransform(
+        normalized=False, mode=str(mode), padding_mode=str(padding_mode), align_corners=bool(align_corners),
+        reverse_indexing=True,
+    )
+    rotated = xform(x.float(), matrix, spatial_size=(h, w)).to(x.dtype)
+    return torch.where(apply.view(-1, 1, 1, 1), rotated, x)
+
+
+class _DeviceSampler:
+    """
+    Batches of subjects, shuffled once per pass (``DataLoader(shuffle=True)``), each batch drawn by ``sample``;
+    iterable like a ``DataLoader`` (``len`` = batches per pass). A pass left unfinished (an epoch shorter than a
+    pass) is continued by the next ``iter``, as ignite continues a loader's iterator across epochs.
+    """
+
+    def __init__(
+        self, num_subjects: int, subjects_per_batch: int, drop_last: bool, device: torch.device, seed: int
+    ) -> None:
+        if num_subjects < 1:
+            raise ValueError("the device sampler got no training volume.")
+        self.num_subjects = int(num_subjects)
+        self.subjects_per_batch = max(1, int(subjects_per_batch))
+        self.drop_last = bool(drop_last)
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+        self._order: torch.Tensor | None = None
+        self._cursor = 0
+
+    def __len__(self) -> int:
+        k = self.subjects_per_batch
+        return self.num_subjects // k if self.drop_last else math.ceil(self.num_subjects / k)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if len(self) == 0:
+            return
+        if self._order is None or self._cursor >= len(self):
+            self._order = torch.randperm(self.num_subjects, generator=self.generator, device=self.device)
+            self._cursor = 0
+        while self._cursor < len(self):
+            k = self.subjects_per_batch
+            subjects = self._order[self._cursor * k : (self._cursor + 1) * k]
+            self._cursor += 1  # before the draw: a state saved after this batch starts at the next one
+            yield self.sample(subjects)
+
+    def sample(self, subjects: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator's state and the pass in progress (CPU tensors: checkpoints load with ``weights_only``)."""
+        order = torch.empty(0, dtype=torch.long) if self._order is None else self._order.cpu()
+        return {"generator": self.generator.get_state(), "order": order, "cursor": int(self._cursor)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not state:  # a checkpoint of the per-sample loader path: this sampler starts afresh
+            logger.warning("the checkpoint holds no device sampler state: the sampler starts from its seed.")
+            return
+        self.generator.set_state(state["generator"].cpu())
+        order = state["order"]
+        if order.numel() and order.numel() != self.num_subjects:
+            raise ValueError(
+                f"the sampler state holds an order of {order.numel()} subjects, this run has {self.num_subjects}."
+            )
+        self._order = order.to(self.device) if order.numel() else None
+        self._cursor = int(state["cursor"])
+
+
+def _stack(volumes: Sequence[Mapping[str, Any]], key: str, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    """The volumes' ``key`` [1, H, W, D] concatenated along depth as [sum(D), H, W] on ``device``."""
+    parts = []
+    for v in volumes:
+        x = _plain(v[key])
+        if x.ndim != 4 or x.shape[0] != 1:
+            raise ValueError(f"the cached '{key}' must be [1, H, W, D], got {tuple(x.shape)}.")
+        parts.append(x[0].permute(2, 0, 1))
+    shapes = {tuple(p.shape[1:]) for p in parts}
+    if len(shapes) != 1:
+        raise ValueError(f"the cached '{key}' volumes differ in-plane: {sorted(shapes)} (one image_size expected).")
+    out = torch.cat(parts)
+    return out.to(device=device, dtype=dtype or out.dtype).contiguous()
+
+
+class PairedSliceSampler(_DeviceSampler):
+    """
+    Pre-training batches drawn on the device: one axial slice of each of ``batch_size`` subjects (shuffled per pass,
+    incomplete last batch dropped), the slice chosen as ``RandWeightedCropd(w_key=mask_key)`` chooses it
+    (``centre_slice_weights``), the same slice of A and B, then ``augmentation`` (the config's flips, drawn per sample
+    and shared by A and B). Yields ``{A: [B, 1, H, W], B: [B, 1, H, W]}`` float32 on ``device``.
+
+    Args:
+        volumes: the compact volumes (``device_volumes``): ``keys`` and ``mask_key``, each ``[1, H, W, D]``.
+        keys: the two modality keys.
+        batch_size: subjects (slices) per batch.
+        device: the training device (the volumes are copied there in their cached dtype).
+        mask_key: the foreground mask (only its slice weights are kept).
+        augmentation: MONAI dictionary transforms (``BatchAugmentation``).
+        seed: the seed of the sampler's generator (the process's rank is added in a multi-GPU run).
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[Mapping[str, Any]],
+        keys: Sequence[str],
+        batch_size: int,
+        device: torch.device | str,
+        mask_key: str = "foreground",
+        augmentation: Sequence[Any] = (),
+        seed: int = 0,
+    ) -> None:
+        super().__init__(len(volumes), batch_size, True, torch.device(device), _rank_seed(seed))
+        self.keys = list(keys)
+        self.images = {k: _stack(volumes, k, None, self.device) for k in self.keys}
+        depths = [int(_plain(v[self.keys[0]]).shape[-1]) for v in volumes]
+        self.offsets = _offsets(depths, self.device)
+        # slices RandWeightedCropd may draw (all but the last of each volume; see centre_slice_weights)
+        self.valid = torch.tensor([max(d - 1, 1) for d in depths], dtype=torch.long, device=self.device)
+        self.prefix = _prefix(torch.cat([centre_slice_weights(v[mask_key]) for v in volumes]).to(self.device))
+        self.augmentation = BatchAugmentation(augmentation)
+
+    def sample(self, subjects: torch.Tensor) -> dict[str, torch.Tensor]:
+        offsets, valid = self.offsets[subjects], self.valid[subjects]
+        r = torch.rand(subjects.shape[0], generator=self.generator, device=self.device, dtype=torch.float64)
+        weighted, total = _weighted_slices(self.prefix, offsets, valid, r)
+        index = torch.where(total > 0, weighted, _uniform(offsets, valid, r))
+        batch = {k: self.images[k][index].unsqueeze(1).float() for k in self.keys}
+        return self.augmentation(batch, self.generator)
+
+
+class LabelSliceSampler(_DeviceSampler):
+    """
+    Fine-tuning batches drawn on the device: ``samples_per_subject`` axial slices of each of
+    ``batch_size // samples_per_subject`` subjects (shuffled per pass, the last batch may be smaller, as the config's
+    ``DataLoader``), each slice chosen as ``RandCropByPosNegLabeld(pos, neg)`` chooses it: positive with probability
+    ``pos / (pos + neg)`` (0 without label voxels, 1 without background voxels), then a slice with probability
+    proportional to its label (positive) or background (negative) voxel count; then ``augmentation`` (the config's
+    flips, rotation and intensity changes, drawn per sample). Yields ``{image_key, label_key}`` float32
+    ``[n, 1, H, W]`` on ``device``, subject by subject.
+
+    Args:
+        volumes: the compact volumes (``device_volumes``): ``image_key`` and ``label_key``, each ``[1, H, W, D]``.
+        batch_size: slices per batch.
+        samples_per_subject: slices per subject.
+        device: the training device.
+        pos: ``RandCropByPosNegLabeld``'s ``pos``.
+        neg: its ``neg``.
+        image_key: the image.
+        label_key: the label (class indices; every class > 0 is positive).
+        augmentation: MONAI dictionary transforms (``BatchAugmentation``).
+        seed: the seed of the sampler's generator (the process's rank is added in a multi-GPU run).
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[Mapping[str, Any]],
+        batch_size: int,
+        samples_per_subject: int,
+        device: torch.device | str,
+        pos: float = 1.0,
+        neg: float = 1.0,
+        image_key: str = "image",
+        label_key: str = "label",
+        augmentation: Sequence[Any] = (),
+        seed: int = 0,
+    ) -> None:
+        if float(pos) < 0 or float(neg) < 0 or float(pos) + float(neg) <= 0:
+            raise ValueError(f"crop_pos and crop_neg must be >= 0 and not both 0, got {pos} and {neg}.")
+        self.samples_per_subject = max(1, int(samples_per_subject))
+        super().__init__(
+            len(volumes), max(1, int(batch_size) // self.samples_per_subject), False, torch.device(device),
+            _rank_seed(seed),
+        )
+        self.keys = [image_key, label_key]
+        self.images = {image_key: _stack(volumes, image_key, None, self.device)}
+        self.images[label_key] = _stack(volumes, label_key, None, self.device)
+        depths = [int(_plain(v[image_key]).shape[-1]) for v in volumes]
+        self.offsets = _offsets(depths, self.device)
+        self.depths = torch.tensor(depths, dtype=torch.long, device=self.device)
+        positive = (self.images[label_key] > 0).flatten(1).sum(1)
+        area = self.images[label_key][0].numel()
+        self.pos_prefix, self.neg_prefix = _prefix(positive), _prefix(area - positive)
+        self.pos_ratio = float(pos) / (float(pos) + float(neg))
+        self.augmentation = BatchAugmentation(augmentation)
+
+    def sample(self, subjects: torch.Tensor) -> dict[str, torch.Tensor]:
+        subjects = subjects.repeat_interleave(self.samples_per_subject)
+        offsets, depths = self.offsets[subjects], self.depths[subjects]
+        n = subjects.shape[0]
+        u, r = torch.rand(2, n, generator=self.generator, device=self.device, dtype=torch.float64)
+        pos_index, pos_total = _weighted_slices(self.pos_prefix, offsets, depths, r)
+        neg_index, neg_total = _weighted_slices(self.neg_prefix, offsets, depths, r)
+        ratio = torch.where(pos_total == 0, 0.0, torch.where(neg_total == 0, 1.0, self.pos_ratio))
+        index = torch.where(u < ratio, pos_index, neg_index)
+        batch = {k: self.images[k][index].unsqueeze(1).float() for k in self.keys}
+        return self.augmentation(batch, self.generator)
+
+
+def _rank_seed(seed: int) -> int:
+    """``seed`` plus the process's rank: each rank of a multi-GPU run draws its own flips and slices."""
+    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    return int(seed) + rank
+
+
+class _NoSamplerState:
+    """The checkpoint entry of the per-sample loader path: nothing to save (its randomness is MONAI's)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+def sampler_state(sampler: _DeviceSampler | None) -> Any:
+    """The object a checkpoint saves and loads as ``sampler``: the device sampler, or an empty state without one."""
+    return _NoSamplerState() if sampler is None else sampler
