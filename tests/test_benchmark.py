@@ -13,6 +13,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from bundle.files import sha256_file
 from bundle.records import write_record
@@ -501,11 +502,13 @@ def test_dry_run_estimates_the_wall_time_from_timing_runs(tiny_dataset, tmp_path
     assert [c[0] for c in runner.calls] == ["pretrain", "finetune", "evaluate"]
     short = runner.calls[0][1]  # the configs' 10 epochs, 2 iterations each
     assert (short["epochs"], short["epoch_length"]) == (10, 2) and runner.calls[1][1]["pretrained_ckpt"] is None
-    # timing runs: 30 s / 20 iterations of pre-training, 10 s / 20 of fine-tuning (its 20 epochs capped at 10);
-    # the grid: 2 pre-trainings of 10 x 30 and 12 fine-tunings of 20 x 20 iterations
+    # timing runs: 30 s / 20 iterations of pre-training, 10 s / 20 of fine-tuning (its epochs capped at 10);
+    # the grid: 2 pre-trainings of 10 x 30 and 12 fine-tunings of the config's full budget (early stopping ignored)
+    finetune = ConfigParser.load_config_file("configs/train.yaml")
+    iterations = finetune["epochs"] * finetune["epoch_length"]
     assert lines[-1].startswith("benchmark: 14 runs (2 pre-trainings, 12 fine-tunings)")
     assert lines[-1].endswith(
-        f"estimated wall time ~{timing.fmt_duration(2 * 300 * 1.5 + 12 * 400 * 0.5)} for 14 run(s) "
+        f"estimated wall time ~{timing.fmt_duration(2 * 300 * 1.5 + 12 * iterations * 0.5)} for 14 run(s) "
         "(timing from timing runs of this grid's settings)"
     )
     assert os.listdir(tmp_path / "bench") == []  # the timing runs are deleted, nothing else is written
