@@ -253,8 +253,7 @@ def print_report(pretrainings: Sequence[Mapping[str, Any]], rows: Sequence[Mappi
     for (init, labelled, subject), group in sorted(groups.items()):
         dice = [g["dice"] for g in group if g["dice"] == g["dice"]]
         hd95 = [g["hd95"] for g in group if g["hd95"] == g["hd95"] and g["hd95"] != float("inf")]
-        mean = (lambda v: sum(v) / len(v) if v else None)
-        print(f"{init:<18} {labelled:>3} {subject:<22} Dice {_fmt(mean(dice), '6.3f')}  HD95 {_fmt(mean(hd95), '7.1f')}"
+        print(f"{init:<18} {labelled:>3} {subject:<22} Dice {_fmt(sum(dice) / len(dice) if dice else None, '6.3f')}  HD95 {_fmt(sum(hd95) / len(hd95) if hd95 else None, '7.1f')}"
               f"  (n={len(group)})")
 
 
