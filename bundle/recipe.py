@@ -28,7 +28,11 @@ def lr_lambda(schedule: str, total_iterations: int, power: float = 0.9) -> Calla
     - ``constant``: 1 (the spec's section 5 recipe).
 
     Iterations past ``T`` (a resumed run with fewer epochs) keep the end value. The factor is a closure, so
-    ``LambdaLR.state_dict`` stores only the step count: a resumed run recomputes it from its own ``epochs``.
+    ``LambdaLR.state_dict`` stores only the step count: a resumed run recomputes it from its own ``epochs`` (a
+    resumable id). Why not ``torch.optim.lr_scheduler.PolynomialLR`` / ``CosineAnnealingLR``: their ``state_dict``
+    holds ``total_iters`` / ``T_max`` and they step recursively, so a run resumed with more epochs would keep
+    decaying over the old budget (checked with torch 2.13: ``PolynomialLR(total_iters=20).load_state_dict(...)`` of
+    a ``total_iters=10`` scheduler keeps 10).
 
     Raises:
         ValueError: an unknown schedule, ``total_iterations`` below 1 or ``power`` not positive.

@@ -4,13 +4,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..files import atomic_write_json
 from .arguments import read_exclude
 from .conventions import LABEL_CONVENTIONS, as_labels, custom_convention, stored_convention
 from .layouts import LAYOUT_MODALITIES
@@ -22,31 +21,8 @@ __all__ = ["next_commands", "prepare_datalist", "summary_text"]
 
 def _write_json(data: Mapping[str, Any], path: str, overwrite: bool) -> None:
     """Write ``data`` to ``path`` atomically; an existing ``path`` is only replaced when ``overwrite``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}-{os.path.basename(path)}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        if overwrite:
-            os.replace(tmp, path)
-            return
-        try:
-            os.link(tmp, path)  # atomic "create if absent"
-        except FileExistsError:
-            raise FileExistsError(
-                f"{os.path.abspath(path)} already exists; set --overwrite True to replace it."
-            ) from None
-        except OSError:  # no hard links on this file system
-            if os.path.exists(path):
-                raise FileExistsError(
-                    f"{os.path.abspath(path)} already exists; set --overwrite True to replace it."
-                ) from None
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    if not atomic_write_json(path, data, overwrite=overwrite):
+        raise FileExistsError(f"{os.path.abspath(path)} already exists; set --overwrite True to replace it.")
 
 
 def prepare_datalist(
