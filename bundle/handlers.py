@@ -22,7 +22,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from PIL import Image
 
-from .files import atomic_write_json
+from .files import atomic_write, atomic_write_json
 from .finite import check_finite_state
 from .networks import MultiConDoSGenerators
 from .records import fingerprint, read_record, record_path, save_generators, write_record
@@ -526,11 +526,18 @@ class ValidationHistoryHandler:
     """
     Attached to an evaluator: after each run, append ``epoch`` and every ``engine.state.metrics`` value as a row
     of ``output_dir/<filename>.csv`` and write the latest values to ``output_dir/<filename>_latest.json``.
+
+    Before its first row, the rows of the file from that ``epoch`` on are dropped: a resumed run writes again the
+    epochs after its checkpoint (which the stopped run may have written), so no epoch is listed twice.
     """
+
+    #: the column that orders the rows (the first row of a run drops those from its value on)
+    order_key = "epoch"
 
     def __init__(self, output_dir: str, filename: str = "validation_metrics") -> None:
         self.output_dir = output_dir
         self.filename = filename
+        self._started = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -541,10 +548,37 @@ class ValidationHistoryHandler:
         row.update({k: float(v) for k, v in sorted(engine.state.metrics.items()) if np.isscalar(v)})
         return row
 
+    def _drop_rows_from(self, path: str, start: float) -> None:
+        """Remove the rows of ``path`` whose ``order_key`` is ``start`` or later (the file, when none is left)."""
+        if not os.path.isfile(path):
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames, list(reader)
+        kept = [r for r in rows if _number(r.get(self.order_key)) < start]
+        if len(kept) == len(rows):
+            return
+        if not kept:
+            os.remove(path)
+        else:
+
+            def _write(tmp: str) -> None:
+                with open(tmp, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=list(fields or []))
+                    writer.writeheader()
+                    writer.writerows(kept)
+
+            atomic_write(path, _write)
+        dropped = len(rows) - len(kept)
+        logger.info(f"{path}: dropped {dropped} row(s) from {self.order_key} {start:g} on (written again by this run)")
+
     def __call__(self, engine: Engine) -> None:
         row = self.row(engine)
         os.makedirs(self.output_dir, exist_ok=True)
         path = os.path.join(self.output_dir, f"{self.filename}.csv")
+        if not self._started:
+            self._started = True
+            self._drop_rows_from(path, row[self.order_key])
         new = not os.path.exists(path)
         with open(path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(row))
@@ -554,13 +588,23 @@ class ValidationHistoryHandler:
         atomic_write_json(os.path.join(self.output_dir, f"{self.filename}_latest.json"), row)
 
 
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("inf")  # an unreadable row is dropped with the later ones
+
+
 class LossHistoryHandler(ValidationHistoryHandler):
     """
     Attached to a trainer: every ``interval`` iterations, append ``epoch``, ``iteration`` and every loss term by name
     (``output_transform`` of the engine output, e.g. ``lambda x: x["losses"]``) to ``output_dir/<filename>.csv``:
     the losses as data, for scripts (the benchmark) that would otherwise parse log lines. Reading the terms is the
-    step's host synchronisation, so it happens only every ``interval`` iterations.
+    step's host synchronisation, so it happens only every ``interval`` iterations. A resumed run drops the rows from
+    its first iteration on (see ``ValidationHistoryHandler``).
     """
+
+    order_key = "iteration"
 
     def __init__(
         self, output_dir: str, interval: int = 1, output_transform: Any = lambda x: x["losses"], filename: str = "losses"

@@ -24,6 +24,8 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
+from .runs import interrupted_message
+
 __all__ = ["LOCK_NAME", "ReleaseLockHandler", "RunLock", "lock_owner", "process_start_time"]
 
 logger = logging.getLogger("multi_condos")
@@ -172,18 +174,51 @@ class ReleaseLockHandler:
     """
     Release ``lock`` when the engine completes or fails. Put it first among the engine's handlers: the first
     ``EXCEPTION_RAISED`` handler that re-raises the error stops the others.
+
+    A Ctrl-C (``KeyboardInterrupt``) ends the run with one line instead of tracebacks: a ``SystemExit`` naming where
+    it stopped, the last complete checkpoint in the lock's ``ckpt_dir`` and the command that resumes from it
+    (``bundle.runs.interrupted_message``); the error records that ignite and MONAI's ``StatsHandler`` log for it
+    (with a traceback) are left out while the run lasts.
     """
 
     def __init__(self, lock: RunLock) -> None:
         self.lock = lock
+        self._quiet: list[logging.Logger] = []
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self.lock.release)
+        engine.add_event_handler(Events.STARTED, self._quiet_interrupts)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.failed)
+
+    def _quiet_interrupts(self, engine: Engine) -> None:
+        # the loggers of the engines (the trainer and the evaluators it runs: ``ignite.engine.engine.<class>``) and of
+        # MONAI's handlers (``StatsHandler`` logs the error with its traceback): they exist once the engines are built
+        names = [n for n in logging.root.manager.loggerDict if n.startswith(("ignite.engine.", "monai.handlers."))]
+        for logger_ in {engine.logger, *(logging.getLogger(n) for n in names)}:
+            logger_.addFilter(_not_an_interrupt_error)
+            self._quiet.append(logger_)
+
+    def _unquiet(self) -> None:
+        for logger_ in self._quiet:
+            logger_.removeFilter(_not_an_interrupt_error)
+        self._quiet = []
+
+    def completed(self, engine: Engine) -> None:
+        self.lock.release()
+        self._unquiet()
 
     def failed(self, engine: Engine, e: BaseException) -> None:
         self.lock.release()
+        self._unquiet()
+        if isinstance(e, KeyboardInterrupt):
+            ckpt_dir = next((folder for folder, name in self.lock.folders.items() if name == "ckpt_dir"), None)
+            raise SystemExit(f"ERROR: {interrupted_message(engine, ckpt_dir)}") from None
         raise e
+
+
+def _not_an_interrupt_error(record: logging.LogRecord) -> bool:
+    """A logging filter: ``False`` for an error record logged while a ``KeyboardInterrupt`` is being handled."""
+    return not (record.levelno >= logging.ERROR and isinstance(sys.exc_info()[1], KeyboardInterrupt))
 
 
 def _describe(owner: Mapping[str, Any]) -> str:

@@ -6,10 +6,15 @@ moving them aside when asked to, and the checks of ``--resume``."""
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
+import socket
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,7 +24,23 @@ from .files import atomic_write_json
 from .handlers import checkpoint_run_record, latest_checkpoint
 from .records import data_differences, data_fingerprint, fingerprint
 
-__all__ = ["RUN_CONFIG", "RestoreOnFailure", "RunBackup", "check_folders", "check_minimums", "check_run_dir", "fingerprint", "move_aside", "previous_outputs", "resume_differences", "start_run"]
+__all__ = [
+    "RUN_CONFIG",
+    "RestoreOnFailure",
+    "RunBackup",
+    "check_folders",
+    "check_minimums",
+    "check_run_dir",
+    "earlier_run_files",
+    "fingerprint",
+    "interrupted_message",
+    "move_aside",
+    "previous_outputs",
+    "remove_orphans",
+    "resume_command",
+    "resume_differences",
+    "start_run",
+]
 
 logger = logging.getLogger("multi_condos")
 
@@ -37,6 +58,36 @@ def previous_outputs(ckpt_dir: str, outputs: Sequence[str], checkpoint_subdir: s
     if os.path.isdir(sub):
         found += sorted(os.path.join(sub, f) for f in os.listdir(sub) if f.endswith(".pt"))
     return found
+
+
+def earlier_run_files(folder: str | None, patterns: Sequence[str]) -> list[str]:
+    """
+    The files of an earlier run in ``folder`` (its top level only): those whose name matches one of ``patterns``
+    (``fnmatch``, e.g. ``"validation_metrics*"``). Only the named patterns: an ``output_dir`` may be a folder that
+    holds other files too. TensorBoard event files of this process are this run's (a ``TensorBoardStatsHandler``
+    creates its file when built, before the run starts; the file name holds the host and the pid).
+    """
+    if not folder or not patterns or not os.path.isdir(folder):
+        return []
+    own = f".{socket.gethostname()}.{os.getpid()}."
+    names = sorted(
+        n
+        for n in os.listdir(folder)
+        if any(fnmatch.fnmatch(n, p) for p in patterns) and not (n.startswith("events.out.tfevents.") and own in n)
+    )
+    return [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+
+
+def _listed(paths: Sequence[str], n: int = 3) -> str:
+    return ", ".join(paths[:n]) + (", ..." if len(paths) > n else "")
+
+
+def _output_dir_message(output_dir: str, found: Sequence[str]) -> str:
+    return (
+        f"--output_dir {output_dir} already holds the outputs of an earlier run ({len(found)} file(s): "
+        f"{_listed([os.path.basename(p) for p in found])}). Choose another --output_dir, or pass --overwrite True "
+        f"(they are moved to {output_dir}/previous/<time>/)."
+    )
 
 
 def _saved_settings(ckpt_dir: str) -> dict[str, Any] | None:
@@ -102,6 +153,8 @@ def check_run_dir(
     resume_may_change: Sequence[str] = ("epochs",),
     data: Sequence[Mapping[str, Any]] | None = None,
     replaces: bool = False,
+    output_dir: str | None = None,
+    output_files: Sequence[str] = (),
 ) -> None:
     """
     Read-only check before a run (nothing is written, so it can run in ``initialize``).
@@ -122,9 +175,13 @@ def check_run_dir(
         data: the records the run reads (their files' fingerprint is compared on resume).
         replaces: a fresh run moves an earlier run aside without ``--overwrite`` (fine-tuning: MONAI Label retrains
             ``models/model.pt`` in place); a resume is still compared.
+        output_dir: the run's output folder: a fresh run refuses one that holds an earlier run's ``output_files``
+            unless ``overwrite`` (``replaces`` does not apply to it).
+        output_files: the name patterns of a run's files in ``output_dir`` (``earlier_run_files``).
 
     Raises:
-        FileExistsError: a fresh run would replace an earlier run's outputs and neither ``overwrite`` nor ``replaces``.
+        FileExistsError: a fresh run would replace an earlier run's outputs (in ``ckpt_dir``: unless ``overwrite``
+            or ``replaces``; in ``output_dir``: unless ``overwrite``).
         FileNotFoundError: ``resume`` but no complete checkpoint in ``ckpt_dir/checkpoints``.
         ValueError: ``resume`` with settings or data that differ from the run it continues, and not ``overwrite``.
     """
@@ -147,12 +204,14 @@ def check_run_dir(
         return
     found = previous_outputs(ckpt_dir, outputs)
     if found and not (overwrite or replaces):
-        listed = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
         raise FileExistsError(
-            f"{ckpt_dir} already holds checkpoints of an earlier run ({listed}). Continue it with --resume True, "
-            "choose another --ckpt_dir, or pass --overwrite True (the earlier files are moved to "
+            f"{ckpt_dir} already holds checkpoints of an earlier run ({_listed(found)}). Continue it with --resume "
+            "True, choose another --ckpt_dir, or pass --overwrite True (the earlier files are moved to "
             f"{ckpt_dir}/previous/)."
         )
+    found = earlier_run_files(output_dir, output_files)
+    if found and not overwrite:
+        raise FileExistsError(_output_dir_message(os.fspath(output_dir), found))
 
 
 def resume_differences(
@@ -203,22 +262,37 @@ def start_run(
     resume: bool = False,
     outputs: Sequence[str] = ("generators.pt",),
     copy_outputs: bool = False,
+    output_files: Sequence[str] = (),
 ) -> str:
     """
-    Start a run (in ``run``, after the checks): for a fresh run, move an earlier run's outputs (allowed by
-    ``overwrite``) to ``ckpt_dir/previous/<time stamp>/`` (``copy_outputs``: the named ``outputs`` are copied there and
-    stay in place, e.g. a ``model.pt`` that MONAI Label loads to continue training); then write ``run_config.json``
-    (settings and their fingerprint) to ``ckpt_dir`` and ``output_dir``. Returns the fingerprint.
+    Start a run (in ``run``, after the checks and the lock): remove the partial files of a run killed while writing
+    (``remove_orphans``); for a fresh run, move an earlier run's outputs (allowed by ``overwrite``) to
+    ``ckpt_dir/previous/<time stamp>/`` (``copy_outputs``: the named ``outputs`` are copied there and stay in place,
+    e.g. a ``model.pt`` that MONAI Label loads to continue training) and its files in ``output_dir`` (the name
+    patterns ``output_files``) to ``output_dir/previous/<time stamp>/``; then write ``run_config.json`` (settings and
+    their fingerprint) to ``ckpt_dir`` and ``output_dir``. Returns the fingerprint.
+
+    Raises:
+        FileExistsError: a fresh run, without ``overwrite``, into folders holding an earlier run's files.
     """
     ckpt_dir, output_dir = os.fspath(ckpt_dir), os.fspath(output_dir)
+    remove_orphans(ckpt_dir, output_dir)
     found = [] if resume else previous_outputs(ckpt_dir, outputs)
-    if found:
-        if not overwrite:
-            raise FileExistsError(f"{ckpt_dir} already holds checkpoints of an earlier run: {found[:3]}")
-        if os.path.isfile(os.path.join(ckpt_dir, RUN_CONFIG)):
-            found.append(os.path.join(ckpt_dir, RUN_CONFIG))
-        kept = [os.path.join(ckpt_dir, name) for name in outputs] if copy_outputs else []
-        move_aside(ckpt_dir, found, kept)
+    found_out = [] if resume else earlier_run_files(output_dir, output_files)
+    if (found or found_out) and not overwrite:
+        raise FileExistsError(
+            f"{ckpt_dir} already holds checkpoints of an earlier run: {found[:3]}"
+            if found
+            else _output_dir_message(output_dir, found_out)
+        )
+    if found and os.path.isfile(os.path.join(ckpt_dir, RUN_CONFIG)):
+        found.append(os.path.join(ckpt_dir, RUN_CONFIG))
+    kept = [os.path.join(ckpt_dir, name) for name in outputs] if copy_outputs else []
+    same = os.path.abspath(ckpt_dir) == os.path.abspath(output_dir)
+    moves = {ckpt_dir: list(dict.fromkeys(found + found_out))} if same else {ckpt_dir: found, output_dir: found_out}
+    for folder, paths in moves.items():
+        if paths:
+            move_aside(folder, paths, kept)
     record = {
         "fingerprint": fingerprint(settings),
         "settings": _jsonable(settings),
@@ -228,6 +302,72 @@ def start_run(
     for folder in dict.fromkeys([ckpt_dir, output_dir]):
         atomic_write_json(os.path.join(folder, RUN_CONFIG), record)
     return record["fingerprint"]
+
+
+#: ignite's ``DiskSaver`` writes a checkpoint to ``tempfile.NamedTemporaryFile`` (``tmp`` and 8 characters) first;
+#: ``bundle.files.atomic_write`` to ``.tmp_<...>``: a kill during the write leaves them behind
+_ORPHAN_PATTERNS = (re.compile(r"^tmp[a-z0-9_]{8}$"), re.compile(r"^\.tmp_.+"))
+
+
+def remove_orphans(ckpt_dir: str, output_dir: str | None = None, checkpoint_subdir: str = "checkpoints") -> list[str]:
+    """
+    Remove the temporary files of a run killed while writing a checkpoint or a record (``ckpt_dir``,
+    ``ckpt_dir/checkpoint_subdir``, ``output_dir``), with a warning naming them. Call it only with the folders'
+    lock held (``bundle.locks.RunLock``): no other run can be writing them. Returns the removed paths.
+    """
+    folders = [ckpt_dir, os.path.join(ckpt_dir, checkpoint_subdir), *([output_dir] if output_dir else [])]
+    removed = []
+    for folder in dict.fromkeys(os.path.abspath(os.fspath(f)) for f in folders):
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if any(p.match(name) for p in _ORPHAN_PATTERNS) and os.path.isfile(path):
+                os.remove(path)
+                removed.append(path)
+    if removed:
+        logger.warning(f"removed {len(removed)} partial file(s) of a run killed while writing: {', '.join(removed)}")
+    return removed
+
+
+def resume_command(argv: Sequence[str] | None = None) -> str:
+    """
+    The command line that continues a run: ``argv`` (default ``sys.argv``; ``python -m monai.bundle`` for the
+    bundle runner) without its ``--resume`` and ``--overwrite`` options, with ``--resume True``.
+    """
+    args = list(sys.argv if argv is None else argv)
+    head = args[:1]
+    if head and head[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        head = ["python", "-m", "monai.bundle"]
+    elif head and head[0].endswith(".py"):
+        head = ["python", head[0]]
+    rest, i = [], 1
+    while i < len(args):
+        name = args[i].split("=", 1)[0]
+        if name in ("--resume", "--overwrite"):
+            i += 1 if "=" in args[i] else 2
+            continue
+        rest.append(args[i])
+        i += 1
+    return shlex.join([*head, *rest, "--resume", "True"])
+
+
+def interrupted_message(engine: Engine, ckpt_dir: str | None, argv: Sequence[str] | None = None) -> str:
+    """
+    The one line a run stopped by Ctrl-C ends with: where it stopped, the last complete checkpoint in
+    ``ckpt_dir/checkpoints`` (``bundle.handlers.latest_checkpoint``) and the command that continues from it.
+    """
+    where = f"stopped by Ctrl-C at epoch {engine.state.epoch}, iteration {engine.state.iteration}"
+    if not ckpt_dir:
+        return f"{where}."
+    checkpoint_dir = os.path.join(os.fspath(ckpt_dir), "checkpoints")
+    checkpoint = latest_checkpoint(checkpoint_dir)
+    if checkpoint is None:
+        return (
+            f"{where}: no complete checkpoint in {checkpoint_dir} yet (one is written every save_interval epochs), "
+            "nothing to resume; run the command again (with --overwrite True to move this run's files aside)."
+        )
+    return f"{where}. The last complete checkpoint is {checkpoint}; continue with: {resume_command(argv)}"
 
 
 class RunBackup:

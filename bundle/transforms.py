@@ -2,8 +2,8 @@
 # Licensed under the Apache License, Version 2.0
 """Dictionary transforms MONAI lacks: per-modality intensity rules (MRI, CT, PET), channel selection from 4-D
 multimodal files, a multimodal foreground mask, padding with each modality's background, a cast that stays out of
-the cache, a deterministic choice of foreground slices (the fixed validation slices) and a strict label-value
-mapping."""
+the cache, a deterministic choice of foreground slices (the fixed validation slices), a strict label-value
+mapping, and a NIfTI writer that keeps every spatial dimension of the input."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.data import NibabelWriter
 from monai.transforms import (
     MapTransform,
     NormalizeIntensity,
@@ -34,6 +35,7 @@ __all__ = [
     "SelectChanneld",
     "SpacingWithExtrasd",
     "UncachedCastd",
+    "VolumeWriter",
     "background_value",
     "check_preprocessing",
     "intensity_rule",
@@ -426,3 +428,18 @@ def _source(image: Any, key: Hashable) -> str:
     """The file an image came from (MONAI metadata), for error messages."""
     meta = getattr(image, "meta", None) or {}
     return str(meta.get("filename_or_obj", f"key '{key}'"))
+
+
+class VolumeWriter(NibabelWriter):
+    """
+    MONAI ``NibabelWriter`` for ``SaveImaged(writer=...)`` that keeps every spatial dimension: a single channel is
+    dropped, nothing else, so the mask of a ``32x32x1`` volume is ``32x32x1`` (MONAI's ``squeeze_end_dims`` would
+    also drop the last spatial dimension of size 1 and write a 2-D image). Several channels are written last.
+    """
+
+    def set_data_array(
+        self, data_array: NdarrayOrTensor, channel_dim: int | None = 0, squeeze_end_dims: bool = True, **kwargs: Any
+    ) -> None:
+        """See ``NibabelWriter.set_data_array``; ``squeeze_end_dims`` is ignored (only a single channel goes)."""
+        data = self.convert_to_channel_last(data_array, channel_dim, False, kwargs.pop("spatial_ndim", 3))
+        self.data_obj = data[..., 0] if data.shape[-1] == 1 else data  # channel last: drop a single one

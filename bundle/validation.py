@@ -23,7 +23,7 @@ import numpy as np
 
 from .data import file_stem, subject_id
 
-__all__ = ["DataProblems", "check_overlaps", "summary_text", "validate_records"]
+__all__ = ["DataProblems", "check_overlaps", "check_validation_labels", "summary_text", "validate_records"]
 
 logger = logging.getLogger("multi_condos")
 
@@ -248,12 +248,14 @@ def check_overlaps(
     check_content: bool = True,
     allow_overlap: bool = False,
     label_key: str | None = "label",
+    validation_labels: bool = True,
 ) -> list[str]:
     """
     Leaks and duplicates among the sections a workflow uses (``training``, ``validation``, ``testing``): a subject id
     in two sections, a subject listed twice or two records with one subject id, a file used by two subjects, and
     (``check_content``) two subjects whose images have the same voxels (a copied or renamed record). A benchmark
-    would otherwise report metrics on subjects it trained on.
+    would otherwise report metrics on subjects it trained on. With ``check_content`` and ``validation_labels``, a
+    ``validation`` section whose labels are all empty is refused too (``check_validation_labels``).
 
     Args:
         sections: the records of each section (absolute paths; already checked by ``validate_records``).
@@ -261,12 +263,14 @@ def check_overlaps(
         check_content: compare the voxel content of ``image_keys`` (read once per file and process).
         allow_overlap: a deliberate overlap: the problems are logged as a warning instead of raised.
         label_key: a file key compared by path only.
+        validation_labels: check the ``validation`` labels (a workflow that selects its model by a validation Dice).
 
     Returns:
         the problems found (empty when none).
 
     Raises:
-        ValueError: listing every problem, naming the subjects, sections and files, unless ``allow_overlap``.
+        ValueError: listing every problem, naming the subjects, sections and files, unless ``allow_overlap``; and
+            from ``check_validation_labels``.
     """
     keys = [*image_keys, *([label_key] if label_key else [])]
     problems: list[str] = []
@@ -306,7 +310,41 @@ def check_overlaps(
         )
     if problems:
         logger.warning("--allow_overlap True: the records overlap:\n  " + "\n  ".join(problems))
+    if check_content and validation_labels and label_key and sections.get("validation"):
+        check_validation_labels(sections["validation"], label_key, list(image_keys))
     return problems
+
+
+def check_validation_labels(
+    records: Sequence[Mapping[str, Any]], label_key: str = "label", image_keys: Sequence[str] = ("image",)
+) -> None:
+    """
+    Check that at least one validation record's label holds a structure (a value other than 0): with every label
+    empty, the validation Dice cannot tell models apart and the best-metric ``model.pt`` would stay the weights of the
+    first validation, with no other sign. Records without a readable label file are the data check's report.
+
+    Raises:
+        ValueError: naming the validation subjects, when all their labels are empty.
+    """
+    labels = {
+        subject_id(dict(r), list(image_keys)): str(r[label_key])
+        for r in records
+        if isinstance(r.get(label_key), str) and os.path.isfile(str(r[label_key]))
+    }
+    if not labels:
+        return
+    try:
+        empty = [subject for subject, path in labels.items() if _voxel_stats(path, True).get("values") == [0]]
+    except ValueError:
+        return
+    if len(empty) == len(labels):
+        listed = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        raise ValueError(
+            f"the labels of all {len(empty)} validation subject(s) are empty ({listed}): the validation Dice cannot "
+            "choose between models, so model.pt would keep the weights of the first validation. Validate on at least "
+            "one subject with a labelled structure (the datalist's 'validation' list, or another --seed or "
+            "--val_fraction)."
+        )
 
 
 def _content_overlaps(

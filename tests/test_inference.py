@@ -157,13 +157,17 @@ def test_user_records_with_a_rotated_flipped_affine_keep_shape_and_affine(model,
     affine[:3, 3] = [12.5, -30.0, 7.25]
     image = str(tmp_path / "user_scan_t1.nii.gz")
     nib.save(nib.Nifti1Image(volume, affine), image)
+    one_slice = str(tmp_path / "one_slice_t1.nii.gz")  # 32x32x1: its mask stays 3-D (issue 14)
+    nib.save(nib.Nifti1Image(volume[:32, :32, 4:5].copy(), np.eye(4)), one_slice)
     user = {
         **overrides,
-        "dataset#data": [{"image": image}],
+        "dataset#data": [{"image": image}, {"image": one_slice}],
         "data_list_file_path": str(tmp_path / "no_datalist.json"),  # not needed once dataset#data is given
     }
     _run(user)
-    assert sorted(os.listdir(overrides["output_dir"])) == ["run_record.json", "user_scan_t1_seg.nii.gz"]
+    masks = ["one_slice_t1_seg.nii.gz", "run_record.json", "user_scan_t1_seg.nii.gz"]
+    assert sorted(os.listdir(overrides["output_dir"])) == masks
+    assert nib.load(_mask_path(overrides["output_dir"], one_slice)).shape == (32, 32, 1)
     out = nib.load(_mask_path(overrides["output_dir"], image))
     assert out.shape == shape
     np.testing.assert_allclose(out.affine, nib.load(image).affine, atol=1e-5)

@@ -72,8 +72,13 @@ def test_evaluation_takes_the_record(preset_model, tiny_dataset, tmp_path):
     wf = make_workflow([config_path("train.yaml"), config_path("evaluate.yaml")], overrides)
     assert list(wf.parser.get_parsed_content("spatial_size")) == [48, 48]
     assert wf.parser.get_parsed_content("settings")["intensity_clip"] == 3.0
-    with pytest.raises(SystemExit, match=r"intensity_clip: given 4.0"):
-        make_workflow([config_path("train.yaml"), config_path("evaluate.yaml")], {**overrides, "intensity_clip": 4.0})
+    assert wf.parser.get_parsed_content("settings")["features"] == [8, 8, 16, 16, 32, 8]  # not the default features
+    conflicts = r"intensity_clip: given 4.0, .*; features: given \[16, 16, 32, 32, 64, 16\], .*has \[8, 8, 16"
+    with pytest.raises(SystemExit, match=conflicts):
+        make_workflow(
+            [config_path("train.yaml"), config_path("evaluate.yaml")],
+            {**overrides, "intensity_clip": 4.0, "features": [16, 16, 32, 32, 64, 16]},
+        )
 
 
 def test_a_record_that_does_not_match_its_weights_is_refused(preset_model, tmp_path):

@@ -64,18 +64,27 @@ def test_truncated_newest_checkpoint_is_skipped(pretrain_overrides):
     assert not [f for f in os.listdir(ckpt_dir) if f.startswith("tmp")]  # atomic saves leave no partial files
 
 
-def test_overwrite_moves_the_earlier_run_aside(pretrain_overrides):
+def test_overwrite_moves_the_earlier_run_aside(pretrain_overrides, tmp_path):
     _pretrain(pretrain_overrides, epochs=1)
-    ckpt_dir = pretrain_overrides["ckpt_dir"]
+    ckpt_dir, out = pretrain_overrides["ckpt_dir"], pretrain_overrides["output_dir"]
     before = torch.load(os.path.join(ckpt_dir, "generators.pt"))
     with pytest.raises(SystemExit, match="already holds checkpoints of an earlier run"):
         ConfigWorkflow(config_file=PRETRAIN, workflow_type=None, **pretrain_overrides).initialize()
+    other = {**pretrain_overrides, "ckpt_dir": str(tmp_path / "other")}  # another run into the same output_dir
+    with pytest.raises(SystemExit, match=rf"--output_dir {out} already holds the outputs of an earlier run \(\d+ file"):
+        ConfigWorkflow(config_file=PRETRAIN, workflow_type=None, **other).initialize()
+    metrics = open(os.path.join(out, "validation_metrics.csv")).read()
     _pretrain(pretrain_overrides, epochs=1, overwrite=True, seed=1)
     (stamp,) = os.listdir(os.path.join(ckpt_dir, "previous"))
     kept = torch.load(os.path.join(ckpt_dir, "previous", stamp, "generators.pt"))
     assert torch.equal(kept["g_ab"]["conv_0.conv_0.conv.weight"], before["g_ab"]["conv_0.conv_0.conv.weight"])
     assert os.path.isfile(os.path.join(ckpt_dir, "previous", stamp, "run_config.json"))
-    assert os.path.isfile(os.path.join(pretrain_overrides["output_dir"], "run_config.json"))
+    # the outputs move too: the new folder holds only the new run's (one epoch 1), the earlier ones are kept
+    (stamp,) = os.listdir(os.path.join(out, "previous"))
+    assert open(os.path.join(out, "previous", stamp, "validation_metrics.csv")).read() == metrics
+    assert os.path.isfile(os.path.join(out, "previous", stamp, "run_config.json"))
+    assert [line[:2] for line in open(os.path.join(out, "validation_metrics.csv"))][1:] == ["1,"]
+    assert json.load(open(os.path.join(out, "run_config.json")))["settings"]["seed"] == 1
 
 
 def test_nan_loss_stops_training_before_any_weight_changes():

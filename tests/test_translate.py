@@ -124,10 +124,15 @@ def test_user_volume_replaces_the_datalist(overrides, tmp_path):
     affine = np.array([[0.8 * c, -1.2 * s, 0, 10.0], [0.8 * s, 1.2 * c, 0, -5.0], [0, 0, 3.0, 2.0], [0, 0, 0, 1]])
     src = str(tmp_path / "subject_flair.nii.gz")
     nib.save(nib.Nifti1Image(volume, affine), src)
+    one_slice = str(tmp_path / "one_slice_flair.nii.gz")  # 44x24x1: its output stays 3-D (issue 14)
+    nib.save(nib.Nifti1Image(volume[:, :, 1:2].copy(), affine), one_slice)
     no_datalist = str(tmp_path / "no_such_datalist.json")  # the datalist is not read when dataset#data is given
-    _translate({**overrides, "data_list_file_path": no_datalist, "dataset#data": [{"image": src}]})
-    assert os.listdir(overrides["output_dir"]) == ["subject_flair_synthetic_t2.nii.gz"]
-    _check_output(src, os.path.join(overrides["output_dir"], "subject_flair_synthetic_t2.nii.gz"))
+    records = [{"image": src}, {"image": one_slice}]
+    _translate({**overrides, "data_list_file_path": no_datalist, "dataset#data": records})
+    outputs = ["one_slice_flair_synthetic_t2.nii.gz", "subject_flair_synthetic_t2.nii.gz"]
+    assert sorted(os.listdir(overrides["output_dir"])) == outputs
+    for path, out in zip((one_slice, src), outputs):
+        _check_output(path, os.path.join(overrides["output_dir"], out))  # shapes included
 
 
 def test_missing_generators_file_says_to_pretrain_first(overrides, tmp_path):

@@ -162,6 +162,15 @@ def test_a_second_run_into_a_locked_folder_is_refused(pretrain_overrides, tmp_pa
     assert not os.path.exists(lock)  # released on COMPLETED
 
 
+def test_default_output_dir_follows_ckpt_dir():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(PRETRAIN)
+    parser.update({"bundle_root": "/b", "ckpt_dir": "/b/models/pretrain_no_con/"})  # the README's ablation commands
+    assert parser.get_parsed_content("output_dir") == "/b/outputs/pretrain_no_con"
+
+
 def test_stale_and_foreign_locks(tmp_path):
     import subprocess
     import sys
@@ -292,3 +301,89 @@ def test_no_progress_bar_when_output_is_not_a_terminal(pretrain_overrides):
     assert "ignite.handlers.ProgressBar" in [h["_target_"] for h in wf.parser["train"]["handlers"]]  # for terminals
     built = [type(h).__name__ for h in wf.parser.get_parsed_content("train#handlers")]
     assert "ProgressBar" not in built and "EngineCheckpointSaver" in built
+
+
+# ---- item 9: Ctrl-C, partial files of a killed run, histories after a resume ----
+
+
+def test_ctrl_c_stops_with_one_line_and_the_resume_continues_cleanly(pretrain_overrides, monkeypatch, capfd):
+    import csv
+
+    from bundle.handlers import ValidationHistoryHandler
+
+    overrides = {**pretrain_overrides, "epoch_length": 1, "log_interval": 1}  # 2 epochs of 1 iteration, each saved
+    original = ValidationHistoryHandler.__call__
+
+    def interrupted(self, engine):  # Ctrl-C in the validation of epoch 2, after its row, before its checkpoint
+        original(self, engine)
+        if engine.state.epoch == 2 and type(self) is ValidationHistoryHandler:  # not its subclass LossHistoryHandler
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ValidationHistoryHandler, "__call__", interrupted)
+    capfd.readouterr()
+    message = ""
+    try:
+        run_workflow(PRETRAIN, overrides, run_id="training")
+    except KeyboardInterrupt:  # fail this test, not the whole session
+        pytest.fail("Ctrl-C ended the run with a KeyboardInterrupt (and tracebacks), not a one-line stop")
+    except SystemExit as e:
+        message = str(e)
+    checkpoints = os.path.join(overrides["ckpt_dir"], "checkpoints")
+    assert message.startswith(
+        "ERROR: stopped by Ctrl-C at epoch 2, iteration 2. The last complete checkpoint is "
+        f"{checkpoints}/checkpoint_epoch=1.pt; continue with: "
+    )
+    assert message.endswith(" --resume True") and "\n" not in message
+    printed = capfd.readouterr()
+    printed = printed.out + printed.err
+    assert "Traceback" not in printed and "terminating due to exception" not in printed and "Exception:" not in printed
+    assert not os.path.exists(os.path.join(overrides["ckpt_dir"], ".run.lock"))  # released
+
+    monkeypatch.setattr(ValidationHistoryHandler, "__call__", original)
+    orphans = [os.path.join(checkpoints, "tmpab12_x9z"), os.path.join(overrides["ckpt_dir"], ".tmp_k3j_generators.pt")]
+    for path in orphans:  # what a kill -9 during the writes leaves
+        open(path, "wb").write(b"partial")
+    run_workflow(PRETRAIN, {**overrides, "resume": True}, run_id="training")
+    assert not [p for p in orphans if os.path.exists(p)]
+    out = overrides["output_dir"]
+    assert [r["epoch"] for r in csv.DictReader(open(os.path.join(out, "validation_metrics.csv")))] == ["1", "2"]
+    assert [r["iteration"] for r in csv.DictReader(open(os.path.join(out, "losses.csv")))] == ["1", "2"]
+
+
+def test_resume_command_drops_resume_and_overwrite():
+    from bundle.runs import resume_command
+
+    argv = "/x/monai/bundle/__main__.py run training --config_file configs/pretrain.yaml --overwrite True".split()
+    argv += ["--resume=False", "--ckpt_dir", "models/a b"]
+    expected = "python -m monai.bundle run training --config_file configs/pretrain.yaml --ckpt_dir 'models/a b'"
+    assert resume_command(argv) == expected + " --resume True"
+
+
+def test_all_empty_validation_labels_are_refused(train_overrides, dataset_copy):
+    import numpy as np
+
+    content = _datalist(dataset_copy)
+    content["validation"], content["training"] = content["training"][-2:], content["training"][:-2]
+    for record in content["validation"]:
+        _replace_volume(dataset_copy, record["label"], np.zeros_like)
+    _write_datalist(dataset_copy, content)
+    subjects = ", ".join(r["subject"] for r in content["validation"])
+    message = rf"the labels of all 2 validation subject\(s\) are empty \({subjects}\): the validation Dice"
+    with pytest.raises(SystemExit, match=message):
+        _initialize(TRAIN, {**train_overrides, **dataset_copy})
+    assert not os.path.exists(train_overrides["ckpt_dir"]) and not os.path.exists(train_overrides["output_dir"])
+
+
+def test_evaluating_weights_of_other_features_stops_before_anything(tiny_dataset, tmp_path):
+    from monai.networks.nets import BasicUNet
+
+    from conftest import ROOT, TINY_NET, make_workflow
+
+    models = tmp_path / "models"
+    models.mkdir()
+    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=TINY_NET["features"])
+    torch.save(net.state_dict(), models / "model.pt")  # weights without a record (bundle 0.2.0)
+    overrides = {"bundle_root": str(ROOT), **tiny_dataset, "ckpt_dir": str(models), "output_dir": str(tmp_path / "ev")}
+    with pytest.raises(SystemExit, match=rf"{models}/model.pt does not fit network_def \(size mismatch .*--features"):
+        make_workflow([TRAIN, config_path("evaluate.yaml")], overrides)
+    assert not os.path.exists(tmp_path / "ev")
