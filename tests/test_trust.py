@@ -61,6 +61,10 @@ def test_pretrain_checkpoints_carry_the_run_record(pretrain_overrides):
     saved = json.load(open(os.path.join(pretrain_overrides["ckpt_dir"], "run_config.json")))
     assert stored["fingerprint"] == saved["fingerprint"] and stored["data"]["n_files"] == 16
     assert torch.load(path, weights_only=True)["trainer"]["iteration"] == 2  # still a plain weights_only checkpoint
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("generators.pt", "generators.json", "checkpoints/checkpoint_final.pt"):  # not mkstemp's 0600
+        assert os.stat(os.path.join(pretrain_overrides["ckpt_dir"], name)).st_mode & 0o777 == 0o644 & ~umask, name
 
 
 # ---- leaks and duplicates (issue case 5) ----
