@@ -1,15 +1,35 @@
 # Copyright (c) multi-condos contributors
 # Licensed under the Apache License, Version 2.0
 """
-Speed and memory of pre-training, fine-tuning and inference, measured through the bundle configs.
+Speed, memory and FLOPs of pre-training, fine-tuning and inference, measured through the bundle configs.
 
-    python scripts/benchmark_speed.py --batch_size 8 --image_size 64
-    python scripts/benchmark_speed.py --batch_size 16 --image_size 160 --amp True --channels_last True   # on a GPU
+    python scripts/benchmark_speed.py --batch_size 8 --image_size 64 --json_path /tmp/speed_cpu.json
+    python scripts/benchmark_speed.py --batch_size 16 --image_size 160 --amp True   # one GPU, under 5 minutes
 
-For pre-training and fine-tuning it prints s/iteration, slices/s and peak memory (CPU RSS; CUDA max allocated on a
-GPU) of (a) the full bundle workflow (engine, handlers, data loading from the cache) and (b) the bare training step
-on batches already in memory, measured in the same run, and their ratio (a)/(b). Then the inference time per volume
-of the segmentation network (SliceInferer) on a 240x240x155 volume. ``--json PATH`` also writes the numbers.
+Pre-training (``configs/pretrain.yaml``) and fine-tuning (``configs/train.yaml``, from scratch) run as
+``ConfigWorkflow`` on a synthetic demo dataset (``bundle.demo_data``) written to a temporary folder. Each is timed as
+
+- the workflow: the trainer's own iterations (data loading or on-device sampling, the step, every handler);
+- the bare step: the same trainer's iteration function (``trainer._iteration``: the same network, loss, optimizer,
+  amp and on-device skip of a non-finite step) on batches drawn beforehand from the workflow's own loader and
+  already on the device.
+
+The two are interleaved, A/B/A/B: ``rounds`` blocks of ``iterations`` workflow iterations, each followed by a block of
+as many bare steps (after ``warmup`` workflow and bare iterations), and ``workflow_over_bare`` is the median of the
+per-round ratios, so that the load of a shared machine cancels out. The FLOPs of one step are counted with
+``torch.utils.flop_counter.FlopCounterMode`` over the first bare warm-up iteration; on a CUDA device the achieved
+TFLOP/s is also given as a fraction of the device's nominal dense peak (``NOMINAL_PEAK_TFLOPS``; bf16 with ``--amp``,
+else TF32 when cuDNN may use it for the convolutions, else fp32).
+
+Inference runs ``configs/inference.yaml`` end to end (loading, preprocessing, the slice-by-slice forward,
+post-processing, ``Invertd``, NIfTI writing) on one synthetic 240x240x155 volume with a freshly initialised
+``model.pt``, interleaved with the bare forward: the forward of the workflow's evaluator (``SliceInferer`` over the
+same network, amp as configured; no post-processing) on the same preprocessed volume already on the device.
+
+Printed per part: workflow and bare s/iteration (s/volume), their ratio, slices/s, FLOPs per iteration, TFLOP/s, peak
+memory (CPU RSS of the part, CUDA max allocated on a GPU). ``--json_path PATH`` also writes every number as JSON
+(sections ``pretraining``, ``finetuning``, ``inference``; keys ``workflow_over_bare``, ``slices_per_s``,
+``flops_per_iteration``, ...). ``--overrides "{'compile': True}"`` sets config ids of every workflow.
 """
 
 from __future__ import annotations
@@ -17,13 +37,17 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import fire
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -31,20 +55,83 @@ if ROOT not in sys.path:
 
 CONFIGS = os.path.join(ROOT, "configs")
 
+#: nominal dense (no sparsity) peaks in TFLOP/s from the vendors' data sheets, keyed by a fragment of
+#: ``torch.cuda.get_device_name`` (the longest fragment found in the name wins)
+NOMINAL_PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100 NVL": {"bf16": 835.5, "tf32": 417.5, "fp32": 60.0},
+    "H100 PCIe": {"bf16": 756.5, "tf32": 378.0, "fp32": 51.2},
+    "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
+    "L40S": {"bf16": 362.1, "tf32": 183.0, "fp32": 91.6},
+}
+
+#: axial slices of the inference volume whose bare forward is counted by ``FlopCounterMode`` (and warms it up)
+FLOP_SLICES = 2
+
+#: the sections of the results (and of ``parts``)
+PARTS: tuple[str, ...] = ("pretraining", "finetuning", "inference")
+
 
 def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings end after it)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _memory(device: torch.device) -> dict[str, float]:
-    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start a part's peak memory afresh: CUDA's counters, and Linux's peak RSS (``/proc/self/clear_refs``)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the process's peak so far (getrusage)
+
+
+def _peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak RSS in MB since ``_reset_peak_memory`` (Linux; else of the process), and CUDA max allocated on a GPU."""
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        with open("/proc/self/status") as f:
+            peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    out = {"peak_rss_mb": round(peak_kb / 1024.0, 1)}
     if device.type == "cuda":
         out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
 
 
-def _workflow(config: str, overrides: dict, run_id: str):
+def nominal_peak(device: torch.device, amp: bool) -> tuple[str, float | None]:
+    """
+    The dtype the step's FLOPs mostly run in and the device's nominal dense peak for it.
+
+    Parameters
+    ----------
+    device
+        the device the step ran on.
+    amp
+        bf16 (or fp16) autocast.
+
+    Returns
+    -------
+    tuple
+        ``(dtype, TFLOP/s)``: ``bf16`` with ``amp``, else on CUDA ``tf32`` when cuDNN may use TF32 for convolutions
+        (PyTorch's default), else ``fp32``; the peak is None off CUDA and for a device missing from
+        ``NOMINAL_PEAK_TFLOPS``.
+    """
+    if device.type != "cuda":
+        return ("bf16" if amp else "fp32"), None
+    dtype = "bf16" if amp else ("tf32" if torch.backends.cudnn.allow_tf32 else "fp32")
+    name = torch.cuda.get_device_name(device)
+    found = [key for key in NOMINAL_PEAK_TFLOPS if key in name]
+    return dtype, (NOMINAL_PEAK_TFLOPS[max(found, key=len)][dtype] if found else None)
+
+
+def _workflow(config: str, overrides: Mapping[str, Any], run_id: str = "run", initialize: bool = True) -> Any:
+    """``configs/<config>`` as a ``ConfigWorkflow`` with ``overrides`` (initialised unless ``initialize`` is False)."""
     from monai.bundle import ConfigWorkflow
 
     wf = ConfigWorkflow(
@@ -55,158 +142,424 @@ def _workflow(config: str, overrides: dict, run_id: str):
         run_id=run_id,
         **overrides,
     )
-    wf.initialize()
+    if initialize:
+        wf.initialize()
     return wf
 
 
-def _measure(wf, batch_slices: int, iterations: int, warmup: int) -> dict[str, Any]:
-    """(a) the engine's own iterations [warmup, warmup + iterations) and (b) bare steps on batches kept in memory."""
-    from ignite.engine import Events
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` (a dict, list or tensor, as the loader made it) with every tensor on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
 
+
+def device_batches(loader: Iterable, count: int, device: torch.device) -> list[Any]:
+    """
+    ``count`` batches drawn from the workflow's own training loader (the per-sample ``DataLoader`` or the on-device
+    sampler), on ``device``: the bare step's input.
+    """
+    batches: list[Any] = []
+    while len(batches) < count:
+        before = len(batches)
+        batches += [_to_device(b, device) for b in loader][: count - len(batches)]
+        if len(batches) == before:
+            raise ValueError("the training loader yields no batch.")
+    _sync(device)
+    return batches
+
+
+def _slices(batch: Any) -> int:
+    """Slices in a training batch (the first dimension of its first tensor)."""
+    tensors = [v for v in (batch.values() if isinstance(batch, Mapping) else batch) if isinstance(v, torch.Tensor)]
+    return int(tensors[0].shape[0])
+
+
+def bare_steps(trainer: Any, batches: Sequence[Any], count: int) -> None:
+    """``count`` iterations of ``trainer``'s own iteration function on ``batches`` (cycled), already on the device."""
+    for i in range(count):
+        trainer._iteration(trainer, batches[i % len(batches)])
+
+
+def bare_forward(evaluator: Any, batch: Any) -> torch.Tensor:
+    """
+    The forward of a MONAI ``SupervisedEvaluator`` iteration on ``batch``, as its ``_iteration`` runs it (its
+    ``prepare_batch``, ``mode``, amp and ``inferer`` over its ``network``), without the post-processing and handlers
+    that ``_iteration`` triggers (``MODEL_COMPLETED``).
+    """
+    inputs = evaluator.prepare_batch(batch, evaluator.state.device, evaluator.non_blocking, **evaluator.to_kwargs)[0]
+    autocast = torch.autocast("cuda", **evaluator.amp_kwargs) if evaluator.amp else nullcontext()
+    with evaluator.mode(evaluator.network), autocast:
+        return evaluator.inferer(inputs, evaluator.network)
+
+
+def count_flops(step: Callable[[], Any]) -> int:
+    """The FLOPs of ``step()`` (``FlopCounterMode``: forward, backward; matmuls and convolutions)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+class InterleavedRounds:
+    """
+    An ``ITERATION_COMPLETED`` handler that times the workflow and the bare step A/B/A/B inside one run of the
+    trainer: after ``warmup`` workflow iterations it runs ``warmup`` bare steps (the first under ``FlopCounterMode``),
+    then after each block of ``iterations`` workflow iterations a block of as many bare steps. Each block is timed
+    between device synchronisations; the handler's own time is outside the workflow blocks. Attach it after the
+    workflow's handlers and run the trainer for ``warmup + rounds * iterations`` iterations.
+
+    Parameters
+    ----------
+    batches
+        the bare step's batches, on the device.
+    rounds
+        A/B rounds.
+    iterations
+        iterations per block.
+    warmup
+        untimed workflow iterations, then untimed bare steps, before the first round.
+    """
+
+    def __init__(self, batches: Sequence[Any], rounds: int, iterations: int, warmup: int) -> None:
+        if min(rounds, iterations, warmup) < 1:
+            raise ValueError(f"rounds, iterations and warmup must be >= 1, got {rounds}, {iterations}, {warmup}.")
+        self.batches, self.rounds, self.iterations, self.warmup = batches, int(rounds), int(iterations), int(warmup)
+        self.workflow_s: list[float] = []
+        self.bare_s: list[float] = []
+        self.flops = 0
+        self._start = 0.0
+
+    @property
+    def total_iterations(self) -> int:
+        """The trainer's iterations (``epoch_length`` of a 1-epoch run)."""
+        return self.warmup + self.rounds * self.iterations
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        done = engine.state.iteration - self.warmup
+        if done < 0 or done % self.iterations or done > self.rounds * self.iterations:
+            return
+        device = torch.device(engine.state.device)
+        _sync(device)
+        if done == 0:  # warm-up of the bare step, its FLOPs counted once
+            self.flops = count_flops(lambda: bare_steps(engine, self.batches, 1))
+            bare_steps(engine, self.batches, self.warmup - 1)
+        else:
+            self.workflow_s.append((time.perf_counter() - self._start) / self.iterations)
+            start = time.perf_counter()
+            bare_steps(engine, self.batches, self.iterations)
+            _sync(device)
+            self.bare_s.append((time.perf_counter() - start) / self.iterations)
+        _sync(device)
+        self._start = time.perf_counter()
+
+
+def summarise(
+    workflow_s: Sequence[float],
+    bare_s: Sequence[float],
+    slices: int,
+    flops: int,
+    device: torch.device,
+    amp: bool,
+    unit: str = "iteration",
+) -> dict[str, Any]:
+    """
+    The numbers of interleaved rounds: medians of the per-round seconds and of the per-round ratios.
+
+    Parameters
+    ----------
+    workflow_s, bare_s
+        seconds per ``unit`` of each round.
+    slices
+        slices per ``unit``.
+    flops
+        FLOPs per ``unit`` (``flops_per_iteration``).
+    device
+        the device they ran on.
+    amp
+        bf16/fp16 autocast (which nominal peak applies).
+    unit
+        ``iteration`` (training) or ``volume`` (inference): the names of the s/unit keys.
+    """
+    ratios = [w / b for w, b in zip(workflow_s, bare_s)]
+    workflow, bare = statistics.median(workflow_s), statistics.median(bare_s)
+    dtype, peak = nominal_peak(device, amp)
+    out: dict[str, Any] = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "rounds": len(ratios),
+        f"slices_per_{unit}": int(slices),
+        f"workflow_s_per_{unit}": round(workflow, 5),
+        f"bare_s_per_{unit}": round(bare, 5),
+        "workflow_over_bare": round(statistics.median(ratios), 4),
+        "workflow_over_bare_per_round": [round(r, 4) for r in ratios],
+        "slices_per_s": round(slices / workflow, 3),
+        "bare_slices_per_s": round(slices / bare, 3),
+        "flops_per_iteration": int(flops),
+        "workflow_tflops": flops / workflow / 1e12,
+        "bare_tflops": flops / bare / 1e12,
+        "peak_dtype": dtype,
+        "nominal_peak_tflops": peak,
+        "workflow_peak_fraction": None,
+        "bare_peak_fraction": None,
+    }
+    if peak:
+        out["workflow_peak_fraction"] = out["workflow_tflops"] / peak
+        out["bare_peak_fraction"] = out["bare_tflops"] / peak
+    return out
+
+
+def measure_training(
+    config: str, overrides: Mapping[str, Any], run_id: str, rounds: int, iterations: int, warmup: int, amp: bool
+) -> dict[str, Any]:
+    """
+    Time ``config``'s training workflow against its bare step, interleaved (``InterleavedRounds``).
+
+    Parameters
+    ----------
+    config
+        ``pretrain.yaml`` or ``train.yaml``.
+    overrides
+        config overrides (data, folders, sizes); ``epochs`` and ``epoch_length`` are set here.
+    run_id
+        the config's run expression.
+    rounds, iterations, warmup
+        see ``InterleavedRounds``.
+    amp
+        the ``amp`` override (which nominal peak applies).
+    """
+    timer = InterleavedRounds([], rounds, iterations, warmup)
+    wf = _workflow(config, {**overrides, "epochs": 1, "epoch_length": timer.total_iterations}, run_id)
     trainer = wf.parser.get_parsed_content("train#trainer")
     device = torch.device(trainer.state.device)
-    marks: dict[int, float] = {}
-
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def _mark(engine):
-        if engine.state.iteration in (warmup, warmup + iterations):
-            _sync(device)
-            marks[engine.state.iteration] = time.perf_counter()
-
+    timer.batches = device_batches(wf.parser.get_parsed_content("train#dataloader"), iterations, device)
+    timer.attach(trainer)  # after the workflow's handlers: the bare blocks run after them
+    _reset_peak_memory(device)
     wf.run()
-    workflow_s = (marks[warmup + iterations] - marks[warmup]) / iterations
-    loader = wf.parser.get_parsed_content("train#dataloader")
-    batches = []
-    while len(batches) < warmup + iterations:
-        batches += list(loader)
-    batches = batches[: warmup + iterations]
-    for batch in batches[:warmup]:
-        trainer._iteration(trainer, batch)
-    _sync(device)
-    start = time.perf_counter()
-    for batch in batches[warmup:]:
-        trainer._iteration(trainer, batch)
-    _sync(device)
-    bare_s = (time.perf_counter() - start) / iterations
-    return {
-        "workflow_s_per_iteration": round(workflow_s, 4),
-        "bare_s_per_iteration": round(bare_s, 4),
-        "workflow_over_bare": round(workflow_s / bare_s, 3),
-        "slices_per_s": round(batch_slices / workflow_s, 2),
-        "device": str(device),
-        **_memory(device),
-    }
+    wf.finalize()
+    out = summarise(timer.workflow_s, timer.bare_s, _slices(timer.batches[0]), timer.flops, device, amp)
+    return {**out, **_peak_memory(device)}
+
+
+def _write_volume(path: str, shape: Sequence[int]) -> str:
+    """One synthetic head (``bundle.demo_phantom``, modality ``t1``) of ``shape`` as NIfTI at ``path``."""
+    import nibabel as nib
+    import numpy as np
+
+    from bundle.demo_phantom import synthesize_subject
+
+    image = synthesize_subject(0, 0, tuple(int(s) for s in shape)).images["t1"]
+    nib.save(nib.Nifti1Image(image, np.eye(4)), path)
+    return path
+
+
+def measure_inference(
+    overrides: Mapping[str, Any], folder: str, shape: Sequence[int], rounds: int, amp: bool
+) -> dict[str, Any]:
+    """
+    Time ``configs/inference.yaml`` end to end on one synthetic volume against the bare forward, interleaved: per
+    round a fresh workflow (initialised untimed) is run, then its evaluator's forward (``bare_forward``) on the
+    workflow's preprocessed volume already on the device. The warm-up is the bare forward of the volume's first
+    ``FLOP_SLICES`` axial slices under ``FlopCounterMode``: every slice has the same windows, so the volume's FLOPs are
+    those scaled by its depth.
+
+    Parameters
+    ----------
+    overrides
+        config overrides (``image_size``, ``amp``, ``device``, ...); data, model and output folders are set here.
+    folder
+        an empty folder for the volume, ``models/model.pt`` and the masks.
+    shape
+        the volume's shape.
+    rounds
+        A/B rounds.
+    amp
+        the ``amp`` override (which nominal peak applies).
+    """
+    image = _write_volume(os.path.join(folder, "volume_t1.nii.gz"), shape)
+    models = os.path.join(folder, "models")
+    os.makedirs(models, exist_ok=True)
+    common = {**overrides, "ckpt_dir": models, "dataset#data": [{"image": image}]}
+    # a freshly initialised network as the model file (no record: the config's settings)
+    network = _workflow("inference.yaml", {**common, "output_dir": os.path.join(folder, "init")}, initialize=False)
+    torch.save(network.parser.get_parsed_content("network").state_dict(), os.path.join(models, "model.pt"))
+    workflow_s: list[float] = []
+    bare_s: list[float] = []
+    flops = 0
+    for r in range(max(1, int(rounds))):
+        wf = _workflow("inference.yaml", {**common, "output_dir": os.path.join(folder, f"masks_{r}")})
+        evaluator = wf.parser.get_parsed_content("evaluator")
+        device = torch.device(evaluator.state.device)
+        batch = device_batches(wf.parser.get_parsed_content("dataloader"), 1, device)[0]
+        depth = int(batch["image"].shape[-1])
+        if r == 0:
+            _reset_peak_memory(device)
+            slab = {**batch, "image": batch["image"][..., :FLOP_SLICES]}
+            flops = count_flops(lambda e=evaluator: bare_forward(e, slab)) * depth // min(depth, FLOP_SLICES)
+        _sync(device)
+        start = time.perf_counter()
+        wf.run()
+        _sync(device)
+        workflow_s.append(time.perf_counter() - start)
+        wf.finalize()
+        start = time.perf_counter()
+        bare_forward(evaluator, batch)
+        _sync(device)
+        bare_s.append(time.perf_counter() - start)
+    out = summarise(workflow_s, bare_s, depth, flops, device, amp, "volume")
+    return {**out, "volume_shape": [int(s) for s in shape], **_peak_memory(device)}
+
+
+def _line(name: str, r: Mapping[str, Any], unit: str) -> str:
+    """One printed line of a part's numbers."""
+    per = "it" if unit == "iteration" else "volume"
+    memory = f"peak RSS {r['peak_rss_mb']:.0f} MB" + (
+        f", CUDA max allocated {r['cuda_max_allocated_mb']:.0f} MB" if "cuda_max_allocated_mb" in r else ""
+    )
+    speed = f"{r['workflow_tflops']:.3g} TFLOP/s (bare {r['bare_tflops']:.3g})"
+    if r["device"].startswith("cuda"):
+        if r["nominal_peak_tflops"]:
+            speed += (
+                f" = {100 * r['workflow_peak_fraction']:.2f}% (bare {100 * r['bare_peak_fraction']:.2f}%) of the "
+                f"nominal {r['peak_dtype']} peak {r['nominal_peak_tflops']:.0f} TFLOP/s"
+            )
+        else:
+            speed += f"; nominal peak of {r['device_name']} unknown"
+    return (
+        f"{name}: workflow {r[f'workflow_s_per_{unit}']:.4f} s/{per}, bare {r[f'bare_s_per_{unit}']:.4f} s/{per}, "
+        f"workflow_over_bare {r['workflow_over_bare']:.3f} (median of {r['rounds']} rounds), "
+        f"{r['slices_per_s']:.1f} slices/s (bare {r['bare_slices_per_s']:.1f}), "
+        f"{r['flops_per_iteration'] / 1e9:.1f} GFLOP/{per}, {speed}, {memory} ({r['device']})"
+    )
 
 
 def benchmark(
     batch_size: int = 8,
     image_size: int = 64,
-    iterations: int = 10,
-    warmup: int = 3,
     amp: bool = False,
+    rounds: int = 10,
+    iterations: int = 4,
+    warmup: int = 2,
+    inference_rounds: int = 2,
+    device: str | None = None,
     channels_last: bool = False,
-    parts: tuple[str, ...] = ("pretrain", "finetune", "inference"),
-    inference_shape: tuple[int, int, int] = (240, 240, 155),
+    overrides: dict | None = None,
+    parts: Sequence[str] = PARTS,
     threads: int | None = None,
     json_path: str | None = None,
+    volume_shape: Sequence[int] = (240, 240, 155),
+    dataset_dir: str | None = None,
+    data_list_file_path: str | None = None,
 ) -> dict[str, Any]:
-    """Run the selected ``parts`` and print one line each; returns (and optionally writes) the numbers."""
-    import bundle  # noqa: F401  (imported by the configs)
-    from bundle.demo_data import ensure_demo_dataset
+    """
+    Measure the selected ``parts`` and print one line each; return the numbers (and write them to ``json_path``).
 
+    Parameters
+    ----------
+    batch_size
+        slices per training iteration.
+    image_size
+        slice side of training and inference.
+    amp
+        mixed precision (the configs' ``amp``).
+    rounds, iterations, warmup
+        A/B rounds of ``iterations`` workflow and bare iterations each, after ``warmup`` (at least 1) of each
+        (training).
+    inference_rounds
+        A/B rounds of the inference workflow and the bare forward.
+    device
+        e.g. ``cpu`` or ``cuda:0``; default: the configs' (CUDA when present, else CPU).
+    channels_last
+        pre-training's NHWC layout.
+    overrides
+        further config ids for every workflow, e.g. ``{'compile': True, 'compile_mode': 'reduce-overhead'}``.
+    parts
+        some of ``pretraining``, ``finetuning``, ``inference``.
+    threads
+        torch CPU threads during the measurement (restored afterwards; 1 is faster for tiny networks on a loaded
+        machine).
+    json_path
+        where to write the numbers as JSON.
+    volume_shape
+        the inference volume's shape (smaller for tests).
+    dataset_dir, data_list_file_path
+        an existing dataset for the training parts (default: a demo dataset in a temporary folder).
+    """
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"parts must be among {list(PARTS)}, got {sorted(unknown)}.")
+    common: dict[str, Any] = {"bundle_root": ROOT, "image_size": int(image_size), "amp": bool(amp)}
+    if device:
+        common["device"] = f"$torch.device('{device}')"
+    common.update(overrides or {})
+    settings = {
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "amp": amp,
+        "channels_last": channels_last,
+        "rounds": rounds,
+        "iterations": iterations,
+        "warmup": warmup,
+        "inference_rounds": inference_rounds,
+        "volume_shape": [int(s) for s in volume_shape],
+        "overrides": dict(overrides or {}),
+    }
+    previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
-    results: dict[str, Any] = {
-        "settings": {"batch_size": batch_size, "image_size": image_size, "amp": amp, "channels_last": channels_last},
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "data")
-        side = max(64, int(image_size))
-        datalist = ensure_demo_dataset(
-            data, os.path.join(data, "datalist.json"), num_subjects=max(24, 2 * batch_size + 8), shape=(side, side, 32)
-        )
-        common = {
-            "bundle_root": ROOT,
-            "dataset_dir": data,
-            "data_list_file_path": datalist,
-            "image_size": image_size,
-            "amp": amp,
-            "epochs": 1,
-            "val_interval": 1,
-            "validate_voxels": False,
-        }
-        if "pretrain" in parts:
-            overrides = {
-                **common,
-                "ckpt_dir": os.path.join(tmp, "pre"),
-                "output_dir": os.path.join(tmp, "pre_out"),
-                "batch_size": batch_size,
-                "epoch_length": warmup + iterations,
-                "channels_last": channels_last,
-                "log_interval": 10**6,
-            }
-            wf = _workflow("pretrain.yaml", overrides, "training")
-            results["pretrain"] = _measure(wf, batch_size, iterations, warmup)
-            _print("pre-training", results["pretrain"], batch_size, image_size)
-        if "finetune" in parts:
-            overrides = {
-                **common,
-                "ckpt_dir": os.path.join(tmp, "models"),
-                "output_dir": os.path.join(tmp, "fine_out"),
-                "pretrained_ckpt": None,
-                "batch_size": batch_size,
-                "epoch_length": warmup + iterations,
-            }
-            wf = _workflow("train.yaml", overrides, "run")
-            results["finetune"] = _measure(wf, batch_size, iterations, warmup)
-            _print("fine-tuning", results["finetune"], batch_size, image_size)
-        if "inference" in parts:
-            results["inference"] = _inference(image_size, inference_shape, amp)
-            print(
-                f"inference: {results['inference']['s_per_volume']:.3f} s/volume for {list(inference_shape)} "
-                f"({results['inference']['device']})"
-            )
+    results: dict[str, Any] = {"settings": settings, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if dataset_dir is None and {"pretraining", "finetuning"} & set(parts):
+                dataset_dir, data_list_file_path = _demo_dataset(os.path.join(tmp, "data"), batch_size, image_size)
+            training = {**common, "batch_size": int(batch_size), "val_interval": 1, "validate_voxels": False}
+            if dataset_dir is not None:
+                datalist = data_list_file_path or os.path.join(dataset_dir, "datalist.json")
+                training.update({"dataset_dir": dataset_dir, "data_list_file_path": datalist})
+            args = {"rounds": rounds, "iterations": iterations, "warmup": warmup, "amp": bool(amp)}
+            if "pretraining" in parts:
+                folders = {"ckpt_dir": os.path.join(tmp, "pre"), "output_dir": os.path.join(tmp, "pre_out")}
+                pre = {**training, **folders, "channels_last": bool(channels_last)}
+                results["pretraining"] = measure_training("pretrain.yaml", pre, "training", **args)
+                print(_line(f"pre-training, batch {batch_size} @ {image_size}", results["pretraining"], "iteration"))
+            if "finetuning" in parts:
+                folders = {"ckpt_dir": os.path.join(tmp, "fine"), "output_dir": os.path.join(tmp, "fine_out")}
+                fine = {**training, **folders, "pretrained_ckpt": None}
+                results["finetuning"] = measure_training("train.yaml", fine, "run", **args)
+                print(_line(f"fine-tuning, batch {batch_size} @ {image_size}", results["finetuning"], "iteration"))
+            if "inference" in parts:
+                folder = os.path.join(tmp, "inference")
+                os.makedirs(folder)
+                results["inference"] = measure_inference(common, folder, volume_shape, inference_rounds, bool(amp))
+                shape = "x".join(str(int(s)) for s in volume_shape)
+                print(_line(f"inference, {shape} volume @ {image_size}", results["inference"], "volume"))
+    finally:
+        torch.set_num_threads(previous_threads)
     if json_path:
         with open(json_path, "w") as f:
             json.dump(results, f, indent=2)
     return results
 
 
-def _inference(image_size: int, shape: tuple[int, int, int], amp: bool, repeats: int = 3) -> dict[str, Any]:
-    from monai.bundle import ConfigParser
+def _demo_dataset(folder: str, batch_size: int, image_size: int) -> tuple[str, str]:
+    """A demo dataset (``bundle.demo_data``) with enough training subjects for two batches: its folder and datalist."""
+    from bundle.demo_data import ensure_demo_dataset
 
-    parser = ConfigParser()
-    parser.read_config(os.path.join(CONFIGS, "inference.yaml"))
-    parser.update({"bundle_root": ROOT, "image_size": image_size})
-    network = parser.get_parsed_content("network").eval()
-    inferer = parser.get_parsed_content("inferer")
-    device = torch.device(parser.get_parsed_content("device"))
-    volume = torch.randn(1, 1, *shape, device=device)
-    times = []
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(amp)):
-        for _ in range(repeats + 1):
-            _sync(device)
-            start = time.perf_counter()
-            out = inferer(volume, network)
-            _sync(device)
-            times.append(time.perf_counter() - start)
-    assert out.shape[2:] == volume.shape[2:]
-    return {"s_per_volume": round(min(times[1:]), 4), "device": str(device), **_memory(device)}
-
-
-def _print(name: str, r: dict, batch_size: int, image_size: int) -> None:
-    memory = f"peak RSS {r['peak_rss_mb']:.0f} MB" + (
-        f", CUDA max allocated {r['cuda_max_allocated_mb']:.0f} MB" if "cuda_max_allocated_mb" in r else ""
+    side = max(64, int(image_size))
+    subjects = max(24, 2 * int(batch_size) + 8)
+    datalist = ensure_demo_dataset(
+        folder, os.path.join(folder, "datalist.json"), num_subjects=subjects, shape=(side, side, 32)
     )
-    print(
-        f"{name} batch {batch_size} @ {image_size}: workflow {r['workflow_s_per_iteration']:.3f} s/it, bare step "
-        f"{r['bare_s_per_iteration']:.3f} s/it, ratio {r['workflow_over_bare']:.3f}, {r['slices_per_s']:.1f} slices/s, "
-        f"{memory} ({r['device']})"
-    )
+    return folder, datalist
 
 
 if __name__ == "__main__":
-    fire.Fire(benchmark)
+    fire.Fire(benchmark, serialize=lambda _: None)  # the numbers are printed (and written to --json_path)

@@ -1,0 +1,93 @@
+"""scripts/benchmark_speed.py in-process on tiny data: every number it writes, and that its bare fine-tuning step is
+the step of the workflow's own trainer (no timed assertions)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from conftest import TINY_NET
+from scripts import benchmark_speed
+
+
+def _recording_bare_steps(calls: list[dict[str, Any]]):
+    """``benchmark_speed.bare_steps`` that also records the trainer and whether its ``network`` changed."""
+    bare_steps = benchmark_speed.bare_steps
+
+    def record(trainer: Any, batches: Any, count: int) -> None:
+        network = getattr(trainer, "network", None)  # fine-tuning's SupervisedTrainer (pre-training: generators)
+        before = None if network is None else [p.detach().clone() for p in network.parameters()]
+        bare_steps(trainer, batches, count)
+        changed = None if network is None else any(not torch.equal(a, p) for a, p in zip(before, network.parameters()))
+        calls.append({"trainer": trainer, "count": count, "changed": changed})
+
+    return record
+
+
+def test_benchmark_speed_numbers_and_bare_finetuning_step(tiny_dataset, tmp_path: Path, monkeypatch):
+    workflows: dict[str, list[Any]] = {}
+    make_workflow = benchmark_speed._workflow
+
+    def workflow(config: str, *args: Any, **kwargs: Any) -> Any:
+        wf = make_workflow(config, *args, **kwargs)
+        workflows.setdefault(config, []).append(wf)
+        return wf
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(benchmark_speed, "_workflow", workflow)
+    monkeypatch.setattr(benchmark_speed, "bare_steps", _recording_bare_steps(calls))
+    json_path = tmp_path / "speed.json"
+    threads = torch.get_num_threads()
+    results = benchmark_speed.benchmark(
+        batch_size=2,
+        image_size=32,
+        rounds=1,
+        iterations=1,
+        warmup=1,
+        inference_rounds=1,
+        overrides={**TINY_NET, "samples_per_subject": 2, "val_slices_per_subject": 1},
+        volume_shape=(32, 32, 16),
+        threads=1,  # tiny networks: 1 thread is the fastest, on a loaded machine by far
+        json_path=str(json_path),
+        **tiny_dataset,
+    )
+    assert results["threads"] == 1 and torch.get_num_threads() == threads  # restored
+
+    written = json.loads(json_path.read_text())
+    assert written == json.loads(json.dumps(results))
+    for part, unit in (("pretraining", "iteration"), ("finetuning", "iteration"), ("inference", "volume")):
+        numbers = written[part]
+        for key in (
+            "workflow_over_bare",
+            "slices_per_s",
+            "bare_slices_per_s",
+            "flops_per_iteration",
+            f"workflow_s_per_{unit}",
+            f"bare_s_per_{unit}",
+            "workflow_tflops",
+            "bare_tflops",
+            "peak_rss_mb",
+        ):
+            assert math.isfinite(numbers[key]) and numbers[key] > 0, (part, key, numbers[key])
+        assert numbers["rounds"] == 1 and len(numbers["workflow_over_bare_per_round"]) == 1
+        assert numbers["device"] == "cpu" and numbers["nominal_peak_tflops"] is None  # no fraction off CUDA
+    assert written["pretraining"]["slices_per_iteration"] == written["finetuning"]["slices_per_iteration"] == 2
+    assert written["inference"]["slices_per_volume"] == 16
+
+    # the bare fine-tuning step is the iteration of the trainer train.yaml built, on its network, loss and optimizer,
+    # and it trains that network
+    (wf,) = workflows["train.yaml"]
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.network is wf.parser.get_parsed_content("network")
+    assert trainer.optimizer is wf.parser.get_parsed_content("optimizer")
+    assert trainer.loss_function is wf.parser.get_parsed_content("loss")
+    finetuning = [c for c in calls if c["trainer"] is trainer]
+    assert [c["count"] for c in finetuning] == [1, 0, 1]  # FLOPs (warm-up), rest of the warm-up, one round
+    # the warm-up step changes the weights (the round's step runs at the poly schedule's end: learning rate 0)
+    assert finetuning[0]["changed"]
+    (pre,) = workflows["pretrain.yaml"]
+    assert sum(c["count"] for c in calls if c["trainer"] is pre.parser.get_parsed_content("train#trainer")) == 2
