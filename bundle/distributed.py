@@ -37,6 +37,7 @@ WRITER_HANDLERS: tuple[str, ...] = (
     "EngineCheckpointSaver",
     "GeneratorExportHandler",
     "LogfileHandler",
+    "OutputRecordHandler",
     "ProgressBar",
     "SegmentationReportHandler",
     "StatsHandler",

@@ -6,6 +6,7 @@ metrics history (MONAI's ``MetricsSaver`` keeps only the last run)."""
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import logging
 import math
@@ -25,13 +26,22 @@ from PIL import Image
 from .files import atomic_write, atomic_write_json
 from .finite import check_finite_state
 from .networks import MultiConDoSGenerators
-from .records import fingerprint, read_record, record_path, save_generators, write_record
+from .records import (
+    OUTPUT_RECORD,
+    fingerprint,
+    read_record,
+    record_path,
+    save_generators,
+    write_output_record,
+    write_record,
+)
 
 __all__ = [
     "DivergenceGuard",
     "EngineCheckpointSaver",
     "GeneratorExportHandler",
     "LossHistoryHandler",
+    "OutputRecordHandler",
     "RNGState",
     "ResumeFromCheckpoint",
     "RunRecord",
@@ -692,3 +702,59 @@ class TrainingSummaryHandler:
             + (" (stopped early)" if summary["stopped_early"] else "")
             + f"; best {summary['key_metric']} {summary['best_metric']} at epoch {summary['best_epoch']}"
         )
+
+
+class OutputRecordHandler:
+    """
+    Write ``output_dir/run_record.json`` (``bundle.records.write_output_record``: the workflow, its settings and
+    their fingerprint, the model files it read with their SHA-256, the data fingerprint, the files it wrote, the
+    bundle version) when the engine completes, and only then: a failed run leaves an earlier record as it was. An
+    engine stopped early (``EarlyStopHandler``) completes too.
+
+    Its ``COMPLETED`` handler is added when the engine starts, after every handler attached when the workflow was
+    built: the record follows the last files (``generators.pt``, ``checkpoint_final.pt``, ``training_summary.json``,
+    ``metrics.csv``) and ``DivergenceGuard``'s last check (a run that diverged fails, with no record). Put it before
+    ``bundle.locks.ReleaseLockHandler``, which defers its release the same way: the record is written under the lock.
+
+    Args:
+        output_dir: the folder the record describes (and where it goes).
+        workflow: what runs (``pre-training``, ``fine-tuning``, ``evaluation``, ``translation``).
+        settings: the run's settings (those of ``run_config.json`` where the workflow writes one).
+        models: the model files the run reads (none for pre-training and fine-tuning from scratch).
+        inputs: the records of the data it reads (their files' fingerprint is recorded).
+        outputs: the files it writes, as paths or ``glob`` patterns: those that exist when it completes are named.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        workflow: str,
+        settings: Mapping[str, Any],
+        models: Sequence[str] = (),
+        inputs: Sequence[Mapping[str, Any]] = (),
+        outputs: Sequence[str] = (),
+    ) -> None:
+        self.output_dir = output_dir
+        self.workflow = workflow
+        self.settings = dict(settings)
+        self.models = list(models)
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._write_last)
+
+    def _write_last(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self, Events.COMPLETED):  # an engine run twice adds it once
+            engine.add_event_handler(Events.COMPLETED, self)
+
+    def written(self) -> list[str]:
+        """The files of ``outputs`` that exist now (this record itself aside)."""
+        found = {p for pattern in self.outputs for p in glob.glob(os.fspath(pattern)) if os.path.isfile(p)}
+        return sorted(p for p in found if os.path.basename(p) != OUTPUT_RECORD)
+
+    def __call__(self, engine: Engine) -> None:
+        path = write_output_record(
+            self.output_dir, self.workflow, self.settings, self.models, self.inputs, self.written()
+        )
+        logger.info(f"{self.workflow} completed: what produced its files is recorded in {path}")

@@ -247,9 +247,12 @@ def start_inference(output_dir: str | os.PathLike, overwrite: bool = False) -> N
         move_aside(os.fspath(output_dir), found)
 
 
-def mask_paths(records: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, key: str = "image") -> list[str]:
-    """The masks inference writes for ``records`` (``SaveImaged`` with ``separate_folder=False``)."""
-    return [os.path.join(os.fspath(output_dir), f"{file_stem(str(r[key]))}_{MASK_POSTFIX}.nii.gz") for r in records]
+def mask_paths(
+    records: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, key: str = "image", postfix: str = MASK_POSTFIX
+) -> list[str]:
+    """The masks inference writes for ``records`` (``SaveImaged`` with ``separate_folder=False``); with another
+    ``postfix`` (e.g. ``synthetic_t2``) the volumes translation writes."""
+    return [os.path.join(os.fspath(output_dir), f"{file_stem(str(r[key]))}_{postfix}.nii.gz") for r in records]
 
 
 def write_inference_record(

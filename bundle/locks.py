@@ -173,7 +173,10 @@ class RunLock:
 class ReleaseLockHandler:
     """
     Release ``lock`` when the engine completes or fails. Put it first among the engine's handlers: the first
-    ``EXCEPTION_RAISED`` handler that re-raises the error stops the others.
+    ``EXCEPTION_RAISED`` handler that re-raises the error stops the others. Its ``COMPLETED`` handler is added when
+    the engine starts, after those attached when the workflow was built: the last files (``generators.pt``, the final
+    checkpoint, ``run_record.json`` of a ``bundle.handlers.OutputRecordHandler`` put before this one) are written
+    under the lock.
 
     A Ctrl-C (``KeyboardInterrupt``) ends the run with one line instead of tracebacks: a ``SystemExit`` naming where
     it stopped, the last complete checkpoint in the lock's ``ckpt_dir`` and the command that resumes from it
@@ -187,8 +190,12 @@ class ReleaseLockHandler:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._quiet_interrupts)
-        engine.add_event_handler(Events.COMPLETED, self.completed)
+        engine.add_event_handler(Events.STARTED, self._release_last)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.failed)
+
+    def _release_last(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self.completed, Events.COMPLETED):  # an engine run twice adds it once
+            engine.add_event_handler(Events.COMPLETED, self.completed)
 
     def _quiet_interrupts(self, engine: Engine) -> None:
         # the loggers of the engines (the trainer and the evaluators it runs: ``ignite.engine.engine.<class>``) and of

@@ -223,7 +223,17 @@ def write_output_record(
     Write ``output_dir/run_record.json`` on a run's success: what produced the folder's files: the workflow, its
     settings and their fingerprint, each input model file with its SHA-256 (the one its model record names, checked
     by ``read_record``, else hashed here), the data fingerprint of ``inputs``, the ``outputs`` and the bundle version.
+    Every workflow writes it through this function (``bundle.handlers.OutputRecordHandler``, inference's ``run``).
     Returns the record's path.
+
+    Args:
+        output_dir: the folder the record describes.
+        workflow: what ran (``pre-training``, ``fine-tuning``, ``evaluation``, ``translation``, ``inference``).
+        settings: the run's settings (their fingerprint is ``run_config.json``'s where the workflow writes one).
+        models: the model files the run read.
+        inputs: the records of the data the run read (``data_fingerprint``).
+        outputs: the files the run wrote: named relative to ``output_dir`` when inside it, else by absolute path
+            (e.g. pre-training's ``generators.pt`` in ``ckpt_dir``).
     """
     model_entries = []
     for model in models:
@@ -238,13 +248,19 @@ def write_output_record(
         "fingerprint": fingerprint(settings),
         "models": model_entries,
         "data": data_fingerprint(inputs),
-        "outputs": sorted(os.path.basename(o) for o in outputs),
+        "outputs": sorted(_output_name(o, output_dir) for o in outputs),
         "bundle_version": __version__,
         "written": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     path = os.path.join(os.fspath(output_dir), OUTPUT_RECORD)
     atomic_write_json(path, content)
     return path
+
+
+def _output_name(path: str | os.PathLike, output_dir: str | os.PathLike) -> str:
+    """``path`` relative to ``output_dir`` when inside it, else absolute (the record stays valid if moved with it)."""
+    path, folder = os.path.abspath(os.fspath(path)), os.path.abspath(os.fspath(output_dir))
+    return os.path.relpath(path, folder) if os.path.commonpath([path, folder]) == folder else path
 
 
 def read_record(

@@ -372,10 +372,10 @@ def interrupted_message(engine: Engine, ckpt_dir: str | None, argv: Sequence[str
 
 class RunBackup:
     """
-    The records a run rewrites (``run_config.json``, ``init.txt``, ``label_subjects.json``, ``model.pt`` and its
-    record): ``save`` (first in ``run``) keeps a copy of each beside it, ``restore`` (the run failed) puts them back
-    and removes those the run created, ``discard`` (it completed) removes the copies. A failed run thus leaves the
-    records of the earlier one, describing the model that is still there.
+    The records a run rewrites (``run_config.json``, ``init.txt``, ``label_subjects.json``, ``run_record.json``,
+    ``model.pt`` and its record): ``save`` (first in ``run``) keeps a copy of each beside it, ``restore`` (the run
+    failed) puts them back and removes those the run created, ``discard`` (it completed) removes the copies. A failed
+    run thus leaves the records of the earlier one, describing the model that is still there.
     """
 
     SUFFIX = ".before-run"

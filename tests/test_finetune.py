@@ -14,7 +14,9 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.networks.nets import BasicUNet
 
 from bundle.data import load_datalist
+from bundle.files import sha256_file
 from bundle.finetune import initialise_network, load_pretrained, select_finetune_records, select_source
+from bundle.records import fingerprint
 from bundle.transforms import MapLabelsd
 from conftest import TINY_NET, config_path, run_workflow, scratch_finetune_overrides
 
@@ -121,12 +123,21 @@ def test_train_config_finetunes_from_the_generator_and_saves_the_model(train_ove
     assert os.path.isfile(os.path.join(models, "checkpoints", "checkpoint_final.pt"))  # resume state, in a sub-folder
     state = torch.load(os.path.join(models, "model.pt"))
     _seg_net().load_state_dict(state)
+    # run_record.json: the settings of run_config.json, the generator file read with its SHA-256, the files written
+    record = json.loads(Path(out, "run_record.json").read_text())
+    assert record["workflow"] == "fine-tuning" and record["fingerprint"] == fingerprint(record["settings"])
+    assert record["fingerprint"] == json.loads(Path(out, "run_config.json").read_text())["fingerprint"]
+    generators = train_overrides["pretrained_ckpt"]
+    assert [(m["file"], m["sha256"]) for m in record["models"]] == [(generators, sha256_file(generators))]
+    written = {os.path.join(models, "model.pt"), "train_log.txt", "init.txt", "label_subjects.json"}
+    assert written <= set(record["outputs"])
 
 
 def test_scratch_from_the_cli_form(train_overrides):
     wf = run_workflow(TRAIN, {**train_overrides, "pretrained_ckpt": "$None"}, workflow_type="train")
     assert Path(train_overrides["output_dir"], "init.txt").read_text() == "init: scratch\n"
     assert wf.parser.get_parsed_content("init_state") is None
+    assert json.loads(Path(train_overrides["output_dir"], "run_record.json").read_text())["models"] == []
 
 
 def test_missing_explicit_pretrained_file_stops_before_training(train_overrides):
@@ -159,13 +170,29 @@ def test_existing_model_is_kept_as_a_backup(train_overrides):
     os.makedirs(train_overrides["ckpt_dir"])
     old = os.path.join(train_overrides["ckpt_dir"], "model.pt")
     torch.save({"old": torch.zeros(1)}, old)
+    out = Path(train_overrides["output_dir"])
+    out.mkdir()
+    earlier = {"train_log.txt": "earlier log\n", "validation_metrics.csv": "epoch,val_mean_dice\n1,0.5\n"}
+    earlier.update({"run_record.json": "{}\n", "notes.txt": "the user's\n"})  # notes.txt: not a run's file
+    for name, text in earlier.items():
+        (out / name).write_text(text)
     run_workflow(TRAIN, train_overrides, workflow_type="train")
     (stamp,) = os.listdir(os.path.join(train_overrides["ckpt_dir"], "previous"))
     backup = torch.load(os.path.join(train_overrides["ckpt_dir"], "previous", stamp, "model.pt"))
     assert "old" in backup and "old" not in torch.load(old)  # kept aside, then rewritten in place
+    # the earlier run's files in output_dir are moved aside too (no --overwrite: MONAI Label retrains in place)
+    (stamp,) = os.listdir(out / "previous")
+    assert {p.name: p.read_text() for p in (out / "previous" / stamp).iterdir()} == {
+        k: v for k, v in earlier.items() if k != "notes.txt"
+    }
+    assert (out / "notes.txt").read_text() == "the user's\n" and "earlier" not in (out / "train_log.txt").read_text()
+    assert [line[:2] for line in open(out / "validation_metrics.csv")][1:] == ["1,"]  # this run's rows only
+    assert json.loads((out / "run_record.json").read_text())["workflow"] == "fine-tuning"
 
 
-def test_evaluate_overlay_writes_per_subject_metrics(train_overrides, tmp_path):
+def test_evaluate_overlay_writes_per_subject_metrics(train_overrides, tmp_path, monkeypatch):
+    from bundle.evaluation import SegmentationReportHandler
+
     run_workflow(TRAIN, train_overrides, workflow_type="train")
     overrides = {**train_overrides, "output_dir": str(tmp_path / "eval")}
     run_workflow(EVALUATE, overrides)
@@ -178,6 +205,24 @@ def test_evaluate_overlay_writes_per_subject_metrics(train_overrides, tmp_path):
     assert summary["n_subjects"] == 2
     for name in ("dice", "iou", "hd95", "sensitivity", "precision"):
         assert summary[name]["n"] + summary[name]["n_excluded"] == 2
+    # run_record.json beside the metrics: models/model.pt and its SHA-256, the settings, the testing subjects' files
+    record = json.loads((tmp_path / "eval" / "run_record.json").read_text())
+    model = os.path.join(train_overrides["ckpt_dir"], "model.pt")
+    assert record["workflow"] == "evaluation" and record["outputs"] == ["metrics.csv", "metrics_summary.json"]
+    assert [(m["file"], m["sha256"]) for m in record["models"]] == [(model, sha256_file(model))]
+    assert record["settings"]["data_section"] == "testing" and record["fingerprint"] == fingerprint(record["settings"])
+    assert record["data"]["n_files"] == 4  # 2 testing subjects: image and label
+    # a failed evaluation leaves the record and the metrics as they were
+    kept = {p: p.read_bytes() for p in (tmp_path / "eval").iterdir()}
+
+    def fail(self, *args, **kwargs):
+        raise RuntimeError("evaluation failed (simulated)")
+
+    monkeypatch.setattr(SegmentationReportHandler, "subject_metrics", fail)
+    with pytest.raises(RuntimeError) as err:
+        run_workflow(EVALUATE, overrides)
+    assert "evaluation failed (simulated)" in str(err.value.__cause__ or err.value)
+    assert {p: p.read_bytes() for p in (tmp_path / "eval").iterdir()} == kept
 
 
 def test_evaluation_reports_empty_predictions(tmp_path):

@@ -17,9 +17,10 @@ import torch
 from monai.bundle import ConfigWorkflow
 from monai.networks.nets import BasicUNet
 
+from bundle.files import sha256_file
 from bundle.handlers import GeneratorExportHandler
 from bundle.networks import MultiConDoSGenerators
-from bundle.records import DEFAULT_SETTINGS, load_generators, preprocessing_record
+from bundle.records import DEFAULT_SETTINGS, fingerprint, load_generators, preprocessing_record, record_path
 from conftest import ROOT, TINY_NET, config_path, run_workflow
 
 CLIP = 5.0
@@ -105,7 +106,15 @@ def test_translates_testing_volumes_in_input_space(
     out_dir = overrides["output_dir"]
     sources = _testing_files(tiny_dataset, source)
     expected = sorted(f"{_stem(s)}_synthetic_{target}.nii.gz" for s in sources)
-    assert sorted(os.listdir(out_dir)) == expected  # one output per testing subject, named after the source file
+    # one output per testing subject, named after the source file, and the record of what produced them
+    assert sorted(os.listdir(out_dir)) == sorted([*expected, "run_record.json"])
+    record = json.load(open(os.path.join(out_dir, "run_record.json")))
+    assert record["workflow"] == "translation" and record["outputs"] == expected
+    assert record["settings"]["direction"] == direction and record["fingerprint"] == fingerprint(record["settings"])
+    assert record["models"] == [
+        {"file": generators_file, "sha256": sha256_file(generators_file), "record": record_path(generators_file)}
+    ]
+    assert record["data"]["n_files"] == len(sources)
     assert wf.parser.get_parsed_content("source_modality") == source
     state = generators_file
     for src in sources:
@@ -130,7 +139,7 @@ def test_user_volume_replaces_the_datalist(overrides, tmp_path):
     records = [{"image": src}, {"image": one_slice}]
     _translate({**overrides, "data_list_file_path": no_datalist, "dataset#data": records})
     outputs = ["one_slice_flair_synthetic_t2.nii.gz", "subject_flair_synthetic_t2.nii.gz"]
-    assert sorted(os.listdir(overrides["output_dir"])) == outputs
+    assert sorted(os.listdir(overrides["output_dir"])) == sorted([*outputs, "run_record.json"])
     for path, out in zip((one_slice, src), outputs):
         _check_output(path, os.path.join(overrides["output_dir"], out))  # shapes included
 
@@ -165,7 +174,7 @@ def test_cli_translates_b_to_a(overrides, tiny_dataset):
     proc = subprocess.run(cmd + args, cwd=ROOT, capture_output=True, text=True, check=False, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(os.listdir(overrides["output_dir"])) == sorted(
-        f"{_stem(s)}_synthetic_t1.nii.gz" for s in _testing_files(tiny_dataset, "t2")
+        [*(f"{_stem(s)}_synthetic_t1.nii.gz" for s in _testing_files(tiny_dataset, "t2")), "run_record.json"]
     )
     assert "with G_BA of" in proc.stdout and os.path.abspath(overrides["output_dir"]) in proc.stdout
 
@@ -195,7 +204,7 @@ def test_modalities_override_names_the_datalist_keys(overrides, tiny_dataset, tm
     assert not os.path.exists(overrides["output_dir"])
     _translate({**renamed_run, "force_settings": True, "intensity": "mri"})
     assert sorted(os.listdir(overrides["output_dir"])) == sorted(
-        f"{_stem(s)}_synthetic_T2w.nii.gz" for s in _testing_files(tiny_dataset, "t1")
+        [*(f"{_stem(s)}_synthetic_T2w.nii.gz" for s in _testing_files(tiny_dataset, "t1")), "run_record.json"]
     )
 
 
@@ -215,7 +224,7 @@ def test_translates_with_the_generators_of_a_real_pretraining(tiny_generators, o
     record = load_generators(state)[1]
     assert record["preprocessing"]["modalities"] == ["t1", "t2"] and record["preprocessing"]["image_size"] == [32, 32]
     sources = _testing_files(tiny_dataset, "t1")
-    assert len(os.listdir(overrides["output_dir"])) == len(sources)
+    assert len(os.listdir(overrides["output_dir"])) == len(sources) + 1  # and run_record.json
     for src in sources:
         x, y = _check_output(src, os.path.join(overrides["output_dir"], f"{_stem(src)}_synthetic_t2.nii.gz"))
         z = int(np.argmax((x != 0).sum(axis=(0, 1))))

@@ -24,6 +24,11 @@ def _initialize(config_file, overrides: dict, workflow_type: str | None = "train
     return wf
 
 
+def _json(folder: str, name: str = "run_record.json") -> dict:
+    with open(os.path.join(folder, name)) as f:
+        return json.load(f)
+
+
 def test_finetune_resume_is_compared_with_its_checkpoint(train_overrides, dataset_copy, caplog):
     overrides = {**train_overrides, **dataset_copy}
     run_workflow(TRAIN, overrides, workflow_type="train")
@@ -281,8 +286,10 @@ def test_a_failed_finetune_leaves_the_earlier_records(train_overrides, monkeypat
     run_workflow(TRAIN, train_overrides, workflow_type="train")
     models, out = train_overrides["ckpt_dir"], train_overrides["output_dir"]
     files = [os.path.join(models, f) for f in ("model.pt", "model.json", "run_config.json")]
-    files += [os.path.join(out, f) for f in ("run_config.json", "init.txt", "label_subjects.json")]
+    files += [os.path.join(out, f) for f in ("run_config.json", "init.txt", "label_subjects.json", "run_record.json")]
     before = {path: open(path, "rb").read() for path in files}
+    logs = {f: open(os.path.join(out, f), "rb").read() for f in ("train_log.txt", "validation_metrics.csv")}
+    assert _json(out)["fingerprint"] == _json(out, "run_config.json")["fingerprint"]  # the record of the earlier run
 
     def fail(self, *args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
@@ -294,7 +301,51 @@ def test_a_failed_finetune_leaves_the_earlier_records(train_overrides, monkeypat
     assert "out of memory (simulated)" in str(err.value.__cause__ or err.value)
     assert {path: open(path, "rb").read() for path in files} == before  # records of the model that is still there
     assert not [f for f in os.listdir(models) + os.listdir(out) if f.endswith(".before-run")]
+    # the earlier logs were moved aside, not mixed with the failed run's
+    (stamp,) = os.listdir(os.path.join(out, "previous"))
+    assert {f: open(os.path.join(out, "previous", stamp, f), "rb").read() for f in logs} == logs
     assert not os.path.exists(os.path.join(models, ".run.lock"))
+
+
+# ---- each output folder's record of what produced its files (run_record.json) ----
+
+
+def test_pretraining_records_what_produced_its_files(tiny_generators):
+    from bundle.records import fingerprint
+
+    ckpt_dir = os.path.dirname(tiny_generators)  # the session's tiny pre-training: no model read
+    record = _json(os.path.join(os.path.dirname(ckpt_dir), "out"))
+    assert record["workflow"] == "pre-training" and record["models"] == []
+    assert record["fingerprint"] == _json(ckpt_dir, "run_config.json")["fingerprint"] == fingerprint(record["settings"])
+    stored = checkpoint_run_record(os.path.join(ckpt_dir, "checkpoints", "checkpoint_final.pt"))
+    assert record["data"]["fingerprint"] == stored["data"]["fingerprint"] and record["data"]["n_files"] == 16
+    assert {tiny_generators, "pretrain_log.txt", "validation_metrics.csv"} <= set(record["outputs"])
+
+
+def test_the_record_follows_the_last_files_and_precedes_the_lock_release(tmp_path, monkeypatch):
+    from ignite.engine import Engine, Events
+
+    import bundle.handlers
+    from bundle.handlers import OutputRecordHandler
+    from bundle.locks import LOCK_NAME, ReleaseLockHandler, RunLock
+
+    lock_file = tmp_path / LOCK_NAME
+    locked_when_written = []
+    write = bundle.handlers.write_output_record
+    monkeypatch.setattr(
+        bundle.handlers, "write_output_record", lambda *a: locked_when_written.append(lock_file.exists()) or write(*a)
+    )
+    engine = Engine(lambda e, b: None)
+    for handler in (  # as in the configs: the record's handler before the lock's
+        OutputRecordHandler(str(tmp_path), "test", {"a": 1}, outputs=[str(tmp_path / "final*.txt")]),
+        ReleaseLockHandler(RunLock({"output_dir": str(tmp_path)}).acquire()),
+    ):
+        handler.attach(engine)
+    # a handler attached after them (as a workflow's final export is): its file comes before the record
+    engine.add_event_handler(Events.COMPLETED, lambda e: (tmp_path / "final_export.txt").write_text("x"))
+    engine.run([0])
+    assert _json(str(tmp_path))["outputs"] == ["final_export.txt"] and locked_when_written == [True]
+    assert not lock_file.exists()
 
 
 def test_no_progress_bar_when_output_is_not_a_terminal(pretrain_overrides):
@@ -342,6 +393,7 @@ def test_ctrl_c_stops_with_one_line_and_the_resume_continues_cleanly(pretrain_ov
     printed = printed.out + printed.err
     assert "Traceback" not in printed and "terminating due to exception" not in printed and "Exception:" not in printed
     assert not os.path.exists(os.path.join(overrides["ckpt_dir"], ".run.lock"))  # released
+    assert not os.path.exists(os.path.join(overrides["output_dir"], "run_record.json"))  # only a run that completes
 
     monkeypatch.setattr(ValidationHistoryHandler, "__call__", original)
     orphans = [os.path.join(checkpoints, "tmpab12_x9z"), os.path.join(overrides["ckpt_dir"], ".tmp_k3j_generators.pt")]
@@ -352,6 +404,9 @@ def test_ctrl_c_stops_with_one_line_and_the_resume_continues_cleanly(pretrain_ov
     out = overrides["output_dir"]
     assert [r["epoch"] for r in csv.DictReader(open(os.path.join(out, "validation_metrics.csv")))] == ["1", "2"]
     assert [r["iteration"] for r in csv.DictReader(open(os.path.join(out, "losses.csv")))] == ["1", "2"]
+    record = json.load(open(os.path.join(out, "run_record.json")))
+    assert record["fingerprint"] == json.load(open(os.path.join(out, "run_config.json")))["fingerprint"]
+    assert f"{checkpoints}/checkpoint_epoch=1.pt" in record["outputs"]  # written before the resume, part of the run
 
 
 def test_resume_command_drops_resume_and_overwrite():
