@@ -23,7 +23,8 @@ Grids: the default (all six methods, fractions ``[0.05, 0.1, 0.5, 1.0]``, fine-t
 pre-training seed, the configs' schedules: a GPU job), ``--quick True`` (3 methods x 3 fractions x 1 seed, short
 schedules, < 20 min on 2 CPU cores), and ``--grid cpu``: full Multi-ConDoS, ``no_contrastive`` and scratch x
 ``[0.05, 0.1, 0.5, 1.0]`` x 2 pre-training seeds x 3 fine-tuning seeds (4 pre-trainings of 6 x 25 iterations, 60
-fine-tunings of 10 x 15, about 1.5-2 h on 2 CPU cores with the demo data). ``--variants``, ``--fractions``,
+fine-tunings with the default recipe over at most 60 x 10 iterations, about 3-4 h on 2 free CPU cores as two
+invocations). ``--variants``, ``--fractions``,
 ``--seeds`` and ``--pretrain_seeds`` replace a preset's own. The first progress line gives the planned runs and an
 estimated wall time from measured per-iteration times: of the runs already finished in ``--output_dir``, or, with
 ``--measure True``, of short timing runs with the grid's settings (a pre-training and a fine-tuning + evaluation of
@@ -101,7 +102,7 @@ def main(
         pretrain_seeds: pre-training seeds, one pre-training per variant and seed (default and --quick [0];
             --grid cpu [0, 1]); scratch has none.
         quick: --grid quick: a small grid with short schedules (pre-training 6 x 25 iterations, fine-tuning 10 x 15).
-        grid: a grid preset: quick, or cpu (the statistics grid for 2 CPU cores, same schedules as quick).
+        grid: a grid preset: quick, or cpu (the statistics grid for 2 CPU cores; fine-tuning at most 60 x 10).
         pretrain_overrides, finetune_overrides: other config ids, e.g. "{'epochs': 20}" (fine-tuning ones also
             apply to the evaluation).
         dry_run: print the planned runs and the estimated wall time only.

@@ -48,11 +48,12 @@ DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 #: one pre-training per variant by default (as before pre-training seeds existed); --grid cpu has two
 DEFAULT_PRETRAIN_SEEDS: tuple[int, ...] = (0,)
 #: the CPU schedules (demo data, 64x64 slices): pre-training 6 x 25 iterations; fine-tuning 10 x 15 for the quick
-#: smoke grid, and for the statistics grid the default recipe (poly decay, early stopping) over at most 30 x 10
-#: iterations of 16 slices, a budget whose doubling moves validation Dice by less than 0.01 (docs/results.md)
+#: smoke grid, and for the statistics grid the default recipe (poly decay, early stopping) over at most 60 x 10
+#: iterations of 16 slices: at 30 x 10 doubling the budget still raised validation Dice by 0.016-0.029, while the
+#: 60 x 10 runs stopped early (patience) at epoch 48 (docs/results.md, chosen on validation subjects only)
 _CPU_PRETRAIN: dict[str, Any] = {"epochs": 6, "epoch_length": 25}
 _QUICK_FINETUNE: dict[str, Any] = {"epochs": 10, "epoch_length": 15, "val_interval": 2}
-_CPU_FINETUNE: dict[str, Any] = {"epochs": 30, "epoch_length": 10, "val_interval": 2, "patience": 5}
+_CPU_FINETUNE: dict[str, Any] = {"epochs": 60, "epoch_length": 10, "val_interval": 2, "patience": 5}
 #: the grid presets (``--grid NAME``; ``--quick True`` is ``--grid quick``): the grid and the schedules
 GRIDS: dict[str, dict[str, Any]] = {
     # a small but meaningful CPU grid (< 20 min on 2 CPU cores on the demo data): one run per cell
@@ -64,8 +65,8 @@ GRIDS: dict[str, dict[str, Any]] = {
         "pretrain": _CPU_PRETRAIN,
         "finetune": _QUICK_FINETUNE,
     },
-    # the statistics grid that fits 2 CPU cores (4 pre-trainings + 60 fine-tunings, about 1.5-2 h on the demo
-    # data): intervals over 2 pre-training seeds x 3 fine-tuning seeds at every fraction
+    # the statistics grid for 2 CPU cores (4 pre-trainings + 60 fine-tunings, about 3-4 h on 2 free cores as two
+    # invocations): intervals over 2 pre-training seeds x 3 fine-tuning seeds at every fraction
     "cpu": {
         "variants": ("multi_condos", "no_contrastive", "scratch"),
         "fractions": DEFAULT_FRACTIONS,
