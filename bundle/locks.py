@@ -175,7 +175,7 @@ class ReleaseLockHandler:
     Release ``lock`` when the engine completes or fails. Put it first among the engine's handlers: the first
     ``EXCEPTION_RAISED`` handler that re-raises the error stops the others. Its ``COMPLETED`` handler is added when
     the engine starts, after those attached when the workflow was built: the last files (``generators.pt``, the final
-    checkpoint, ``run_record.json`` of a ``bundle.handlers.OutputRecordHandler`` put before this one) are written
+    checkpoint, ``run_record.json`` of a ``bundle.run_history.OutputRecordHandler`` put before this one) are written
     under the lock.
 
     A Ctrl-C (``KeyboardInterrupt``) ends the run with one line instead of tracebacks: a ``SystemExit`` naming where

@@ -223,7 +223,7 @@ def write_output_record(
     Write ``output_dir/run_record.json`` on a run's success: what produced the folder's files: the workflow, its
     settings and their fingerprint, each input model file with its SHA-256 (the one its model record names, checked
     by ``read_record``, else hashed here), the data fingerprint of ``inputs``, the ``outputs`` and the bundle version.
-    Every workflow writes it through this function (``bundle.handlers.OutputRecordHandler``, inference's ``run``).
+    Every workflow writes it through this function (``bundle.run_history.OutputRecordHandler``, inference's ``run``).
     Returns the record's path.
 
     Args:

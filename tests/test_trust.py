@@ -325,15 +325,15 @@ def test_pretraining_records_what_produced_its_files(tiny_generators):
 def test_the_record_follows_the_last_files_and_precedes_the_lock_release(tmp_path, monkeypatch):
     from ignite.engine import Engine, Events
 
-    import bundle.handlers
-    from bundle.handlers import OutputRecordHandler
+    import bundle.run_history
     from bundle.locks import LOCK_NAME, ReleaseLockHandler, RunLock
+    from bundle.run_history import OutputRecordHandler
 
     lock_file = tmp_path / LOCK_NAME
     locked_when_written = []
-    write = bundle.handlers.write_output_record
+    write = bundle.run_history.write_output_record
     monkeypatch.setattr(
-        bundle.handlers, "write_output_record", lambda *a: locked_when_written.append(lock_file.exists()) or write(*a)
+        bundle.run_history, "write_output_record", lambda *a: locked_when_written.append(lock_file.exists()) or write(*a)
     )
     engine = Engine(lambda e, b: None)
     for handler in (  # as in the configs: the record's handler before the lock's
@@ -364,7 +364,7 @@ def test_no_progress_bar_when_output_is_not_a_terminal(pretrain_overrides):
 def test_ctrl_c_stops_with_one_line_and_the_resume_continues_cleanly(pretrain_overrides, monkeypatch, capfd):
     import csv
 
-    from bundle.handlers import ValidationHistoryHandler
+    from bundle.run_history import ValidationHistoryHandler
 
     overrides = {**pretrain_overrides, "epoch_length": 1, "log_interval": 1}  # 2 epochs of 1 iteration, each saved
     original = ValidationHistoryHandler.__call__
