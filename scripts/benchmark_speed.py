@@ -47,6 +47,7 @@ from typing import Any
 
 import fire
 import torch
+from ignite.utils import convert_tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,17 +148,6 @@ def _workflow(config: str, overrides: Mapping[str, Any], run_id: str = "run", in
     return wf
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
-    """``batch`` (a dict, list or tensor, as the loader made it) with every tensor on ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
-
-
 def device_batches(loader: Iterable, count: int, device: torch.device) -> list[Any]:
     """
     ``count`` batches drawn from the workflow's own training loader (the per-sample ``DataLoader`` or the on-device
@@ -166,7 +156,7 @@ def device_batches(loader: Iterable, count: int, device: torch.device) -> list[A
     batches: list[Any] = []
     while len(batches) < count:
         before = len(batches)
-        batches += [_to_device(b, device) for b in loader][: count - len(batches)]
+        batches += [convert_tensor(b, device) for b in loader][: count - len(batches)]
         if len(batches) == before:
             raise ValueError("the training loader yields no batch.")
     _sync(device)
