@@ -23,8 +23,8 @@ Grids: the default (all six methods, fractions ``[0.05, 0.1, 0.5, 1.0]``, fine-t
 pre-training seed, the configs' schedules: a GPU job), ``--quick True`` (3 methods x 3 fractions x 1 seed, short
 schedules, < 20 min on 2 CPU cores), and ``--grid cpu``: full Multi-ConDoS, ``no_contrastive`` and scratch x
 ``[0.05, 0.1, 0.5, 1.0]`` x 2 pre-training seeds x 3 fine-tuning seeds (4 pre-trainings of 6 x 25 iterations, 60
-fine-tunings with the default recipe over at most 60 x 10 iterations, about 3-4 h on 2 free CPU cores as two
-invocations). ``--variants``, ``--fractions``,
+fine-tunings with the default recipe over at most 60 x 10 iterations; an estimated 3-4 h, not measured, on 2
+free CPU cores as two invocations). ``--variants``, ``--fractions``,
 ``--seeds`` and ``--pretrain_seeds`` replace a preset's own. The first progress line gives the planned runs and an
 estimated wall time from measured per-iteration times: of the runs already finished in ``--output_dir``, or, with
 ``--measure True``, of short timing runs with the grid's settings (a pre-training and a fine-tuning + evaluation of

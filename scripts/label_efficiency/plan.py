@@ -65,7 +65,7 @@ GRIDS: dict[str, dict[str, Any]] = {
         "pretrain": _CPU_PRETRAIN,
         "finetune": _QUICK_FINETUNE,
     },
-    # the statistics grid for 2 CPU cores (4 pre-trainings + 60 fine-tunings, about 3-4 h on 2 free cores as two
+    # the statistics grid for 2 CPU cores (4 pre-trainings + 60 fine-tunings, an estimated 3-4 h on 2 free cores as two
     # invocations): intervals over 2 pre-training seeds x 3 fine-tuning seeds at every fraction
     "cpu": {
         "variants": ("multi_condos", "no_contrastive", "scratch"),
