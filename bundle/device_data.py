@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -72,6 +73,18 @@ logger = logging.getLogger("multi_condos")
 #: the device cache is used (``device_cache: auto``) when its tensors take at most this fraction of the device's free
 #: memory when the cache is built (the networks are already there; the rest is left to the step's activations)
 DEVICE_MEMORY_FRACTION = 0.5
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device``: CUDA's free memory, the host's available memory on a CPU (None where unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        try:
+            return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):  # not a POSIX system that reports it
+            return None
+    return None
 
 
 def check_device_cache(device_cache: Any) -> None:
@@ -130,9 +143,16 @@ def device_volumes(
     Decide whether the training volumes go on ``device`` (and log the decision with the memory estimate); return
     them (the cached, compact volumes, on the host) if so, ``None`` if not.
 
+    ``auto`` also holds on a CPU: there the per-sample chain costs 9-22x the batched sampler (module docstring) and
+    made the fine-tuning workflow 1.16x its bare step (``scripts/benchmark_speed.py``, 2 threads, batch 8, 64x64),
+    while the stacked volumes take no more host memory than the memory cache they are stacked from. A dataset whose
+    volumes are not all in a memory cache (``cache: disk | none``, ``cache_rate`` below 1) keeps the per-sample
+    loader under ``auto`` on a CPU: the user chose not to hold the volumes in memory.
+
     Args:
-        device_cache: ``auto`` (on when ``device`` is CUDA and the volumes take at most ``DEVICE_MEMORY_FRACTION`` of
-            its free memory), ``True`` (on; an error when they do not fit) or ``False`` (off: the per-sample loader).
+        device_cache: ``auto`` (on when the volumes take at most ``DEVICE_MEMORY_FRACTION`` of the device's free
+            memory; on a CPU only for a fully filled memory cache), ``True`` (on; an error when they do not fit) or
+            ``False`` (off: the per-sample loader).
         device: the training device.
         dataset: the training dataset (its cache is read, or filled).
         keys: the keys held on the device (their bytes are the estimate, with 16 bytes per slice of weights).
@@ -144,18 +164,17 @@ def device_volumes(
     """
     check_device_cache(device_cache)
     device = torch.device(device)
-    if device_cache is False or (device_cache == "auto" and device.type != "cuda"):
+    in_memory = isinstance(dataset, CacheDataset) and dataset.cache_num == len(dataset.data)
+    if device_cache is False or (device_cache == "auto" and (device.type != "cuda" and not in_memory)):
         logger.info(f"device_cache {device_cache}: {what} batches come from the per-sample loader (device {device}).")
         return None
     volumes = compact_volumes(dataset)
     slices = sum(int(_plain(v[keys[0]]).shape[-1]) for v in volumes)
     estimate = sum(_nbytes(v[k]) for v in volumes for k in keys) + 16 * slices
-    limit = None
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        limit = DEVICE_MEMORY_FRACTION * free
+    free = _available_memory(device)
+    limit = None if free is None else DEVICE_MEMORY_FRACTION * free
     fits = limit is None or estimate <= limit
-    room = "" if limit is None else f" (free {free / 2**20:.0f} MiB, at most {DEVICE_MEMORY_FRACTION:.0%} for data)"
+    room = "" if free is None else f" (free {free / 2**20:.0f} MiB, at most {DEVICE_MEMORY_FRACTION:.0%} for data)"
     text = f"{len(volumes)} {what} volumes ({slices} slices) need {estimate / 2**20:.1f} MiB on {device}{room}"
     if device_cache is True and not fits:
         raise MemoryError(
