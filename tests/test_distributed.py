@@ -55,11 +55,14 @@ def test_two_process_pretraining_and_finetuning(tiny_dataset, tmp_path):
         "val_slices_per_subject": 1,
         **TINY_NET,
         "log_interval": 1,
+        "device_cache": True,
         "finalize": _dump_and_cleanup("generators"),
     }
     config = "['configs/pretrain.yaml','configs/multi_gpu_pretrain.yaml']"
     proc = _run([*TORCHRUN, "-m", "monai.bundle", "run", "training", "--config_file", config, *_args(pre)])
     assert "contrastive: " in proc.stdout + proc.stderr  # rank 0 logs every term
+    # the device path under torchrun: each rank holds and samples its own half of the 6 training subjects
+    assert (proc.stdout + proc.stderr).count("device_cache True: 3 pre-training volumes") == 2
     _assert_same_on_both_ranks(pre["output_dir"])
     # rank 0 alone wrote the outputs: one TensorBoard writer per handler, one generators.pt
     events = [f for f in os.listdir(pre["output_dir"]) if f.startswith("events.out")]
@@ -78,10 +81,12 @@ def test_two_process_pretraining_and_finetuning(tiny_dataset, tmp_path):
         "samples_per_subject": 2,
         "val_fraction": 0.25,
         "features": TINY_NET["features"],
+        "device_cache": True,
         "finalize": _dump_and_cleanup("network"),
     }
     config = "['configs/train.yaml','configs/multi_gpu_train.yaml']"
-    _run([*TORCHRUN, "-m", "monai.bundle", "run", "--config_file", config, *_args(fine)])
+    proc = _run([*TORCHRUN, "-m", "monai.bundle", "run", "--config_file", config, *_args(fine)])
+    assert (proc.stdout + proc.stderr).count("device_cache True: 3 fine-tuning volumes") == 2
     _assert_same_on_both_ranks(fine["output_dir"])
     assert os.path.isfile(os.path.join(fine["ckpt_dir"], "model.pt"))
 
