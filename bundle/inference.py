@@ -20,23 +20,19 @@ from monai.transforms import (
 from torch import nn
 
 from .data import file_stem, read_json, read_torch_file
-from .records import OUTPUT_RECORD, SEGMENTATION_KIND, ModelSource, read_record, write_output_record
-from .runs import move_aside
+from .records import SEGMENTATION_KIND, ModelSource, read_record, write_output_record
 from .transforms import ForegroundOnlyd
 
 __all__ = [
     "MASK_POSTFIX",
     "check_label_names",
     "check_model_file",
-    "check_output_dir",
-    "earlier_outputs",
     "mask_paths",
     "model_source",
     "output_label_values",
     "postprocessing_record",
     "segmentation_postprocessing",
     "slice_inferer",
-    "start_inference",
     "write_inference_record",
 ]
 
@@ -212,39 +208,6 @@ def postprocessing_record(foreground_only: bool, keep_largest: bool, min_object_
         "keep_largest": bool(keep_largest),
         "min_object_size": int(min_object_size),
     }
-
-
-def earlier_outputs(output_dir: str | os.PathLike) -> list[str]:
-    """The files of an earlier inference in ``output_dir``: its masks (``*_seg.*``) and its ``run_record.json``."""
-    folder = os.fspath(output_dir)
-    if not os.path.isdir(folder):
-        return []
-    names = sorted(n for n in os.listdir(folder) if f"_{MASK_POSTFIX}." in n or n == OUTPUT_RECORD)
-    return [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
-
-
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> None:
-    """
-    Read-only check: ``output_dir`` holds no earlier masks, unless ``overwrite`` (``start_inference`` moves them).
-
-    Raises:
-        FileExistsError: naming the folder and a few of its masks.
-    """
-    found = earlier_outputs(output_dir)
-    if found and not overwrite:
-        listed = ", ".join(os.path.basename(p) for p in found[:3]) + (", ..." if len(found) > 3 else "")
-        raise FileExistsError(
-            f"{output_dir} already holds the outputs of an earlier inference ({len(found)} file(s): {listed}). Choose "
-            f"another --output_dir, or pass --overwrite True (they are moved to {output_dir}/previous/<time>/)."
-        )
-
-
-def start_inference(output_dir: str | os.PathLike, overwrite: bool = False) -> None:
-    """Move an earlier inference's files to ``output_dir/previous/<time>/`` (allowed by ``overwrite``)."""
-    check_output_dir(output_dir, overwrite)
-    found = earlier_outputs(output_dir)
-    if found:
-        move_aside(os.fspath(output_dir), found)
 
 
 def mask_paths(

@@ -30,11 +30,13 @@ __all__ = [
     "RunBackup",
     "check_folders",
     "check_minimums",
+    "check_output_dir",
     "check_run_dir",
     "earlier_run_files",
     "fingerprint",
     "interrupted_message",
     "move_aside",
+    "move_earlier_outputs",
     "previous_outputs",
     "remove_orphans",
     "resume_command",
@@ -252,6 +254,35 @@ def move_aside(folder: str, paths: Sequence[str], copied: Sequence[str] = ()) ->
         (shutil.copy2 if path in set(copied) else shutil.move)(path, dst)
     logger.warning(f"the earlier run's files in {folder} were backed up to {target}")
     return target
+
+
+def check_output_dir(
+    output_dir: str | os.PathLike, patterns: Sequence[str], overwrite: bool = False, what: str = "inference"
+) -> None:
+    """
+    Read-only check before any compute: ``output_dir`` holds no outputs of an earlier ``what`` (its files matching
+    ``patterns``, ``earlier_run_files``), unless ``overwrite`` (``move_earlier_outputs`` then moves them aside).
+
+    Raises:
+        FileExistsError: naming the folder and a few of the earlier files.
+    """
+    found = earlier_run_files(os.fspath(output_dir), patterns)
+    if found and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds the outputs of an earlier {what} ({len(found)} file(s): "
+            f"{_listed([os.path.basename(p) for p in found])}). Choose another --output_dir, or pass --overwrite True "
+            f"(they are moved to {output_dir}/previous/<time>/)."
+        )
+
+
+def move_earlier_outputs(
+    output_dir: str | os.PathLike, patterns: Sequence[str], overwrite: bool = False, what: str = "inference"
+) -> None:
+    """Move the outputs of an earlier ``what`` (``check_output_dir``) to ``output_dir/previous/<time>/``."""
+    check_output_dir(output_dir, patterns, overwrite, what)
+    found = earlier_run_files(os.fspath(output_dir), patterns)
+    if found:
+        move_aside(os.fspath(output_dir), found)
 
 
 def start_run(

@@ -212,17 +212,24 @@ def test_evaluate_overlay_writes_per_subject_metrics(train_overrides, tmp_path, 
     assert [(m["file"], m["sha256"]) for m in record["models"]] == [(model, sha256_file(model))]
     assert record["settings"]["data_section"] == "testing" and record["fingerprint"] == fingerprint(record["settings"])
     assert record["data"]["n_files"] == 4  # 2 testing subjects: image and label
-    # a failed evaluation leaves the record and the metrics as they were
-    kept = {p: p.read_bytes() for p in (tmp_path / "eval").iterdir()}
+    # a second evaluation into the folder is refused before anything runs, naming the folder and the earlier files
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir()}
+    with pytest.raises(SystemExit, match=r"eval already holds the outputs of an earlier evaluation \(3 file\(s\): "
+                       r"metrics.csv, metrics_summary.json, run_record.json\)"):
+        run_workflow(EVALUATE, overrides)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir()} == kept
+    # --overwrite True: the earlier files are moved to previous/<time>/ first, so a failed evaluation loses none
 
     def fail(self, *args, **kwargs):
         raise RuntimeError("evaluation failed (simulated)")
 
     monkeypatch.setattr(SegmentationReportHandler, "subject_metrics", fail)
     with pytest.raises(RuntimeError) as err:
-        run_workflow(EVALUATE, overrides)
+        run_workflow(EVALUATE, {**overrides, "overwrite": True})
     assert "evaluation failed (simulated)" in str(err.value.__cause__ or err.value)
-    assert {p: p.read_bytes() for p in (tmp_path / "eval").iterdir()} == kept
+    (stamp,) = os.listdir(tmp_path / "eval" / "previous")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "eval" / "previous" / stamp).iterdir()} == kept
+    assert not any((tmp_path / "eval" / name).exists() for name in kept)  # and the failed run wrote no record
 
 
 def test_evaluation_reports_empty_predictions(tmp_path):

@@ -142,6 +142,16 @@ def test_user_volume_replaces_the_datalist(overrides, tmp_path):
     assert sorted(os.listdir(overrides["output_dir"])) == sorted([*outputs, "run_record.json"])
     for path, out in zip((one_slice, src), outputs):
         _check_output(path, os.path.join(overrides["output_dir"], out))  # shapes included
+    # a second translation into the folder is refused before anything runs; --overwrite True moves the earlier aside
+    earlier = {n: open(os.path.join(overrides["output_dir"], n), "rb").read() for n in os.listdir(overrides["output_dir"])}
+    again = {**overrides, "data_list_file_path": no_datalist, "dataset#data": records[:1]}
+    with pytest.raises(SystemExit, match="already holds the outputs of an earlier translation \\(3 file"):
+        _translate(again)
+    _translate({**again, "overwrite": True})
+    (stamp,) = os.listdir(os.path.join(overrides["output_dir"], "previous"))
+    moved = os.path.join(overrides["output_dir"], "previous", stamp)
+    assert {n: open(os.path.join(moved, n), "rb").read() for n in os.listdir(moved)} == earlier
+    assert sorted(os.listdir(overrides["output_dir"])) == sorted([outputs[1], "previous", "run_record.json"])
 
 
 def test_missing_generators_file_says_to_pretrain_first(overrides, tmp_path):
