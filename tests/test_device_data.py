@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.data import CacheDataset
 from monai.transforms import Compose, Rotate
 
-from bundle import device_data
-from bundle.device_data import BatchAugmentation, LabelSliceSampler, PairedSliceSampler
+from bundle import batch_augmentation, device_data
+from bundle.batch_augmentation import BatchAugmentation
+from bundle.device_data import LabelSliceSampler, PairedSliceSampler
 from conftest import config_path, make_workflow, run_workflow, scratch_finetune_overrides, tiny_overrides
 
 SIZE = 32
@@ -171,7 +173,7 @@ def test_finetuning_sampler_balances_positives_and_negatives_like_the_config_cha
 def test_batched_rotation_equals_monai_rotate(mode, padding):
     x = torch.rand(2, 1, SIZE, SIZE + 4, generator=torch.Generator().manual_seed(0))
     angle = torch.tensor([0.2, -0.25])
-    out = device_data._rotate(x, angle, torch.tensor([True, False]), mode, padding, False)
+    out = batch_augmentation._rotate(x, angle, torch.tensor([True, False]), mode, padding, False)
     expected = Rotate(0.2, keep_size=True, mode=mode, padding_mode=padding, align_corners=False)(x[0])
     torch.testing.assert_close(out[0], torch.as_tensor(expected), atol=1e-5, rtol=0)
     assert torch.equal(out[1], x[1])  # not drawn: unchanged
@@ -223,8 +225,18 @@ def test_sampler_state_round_trip_continues_the_same_batches():
 def test_device_cache_decision(monkeypatch):
     with pytest.raises(ValueError, match="device_cache must be auto, True or False, got 'yes'"):
         device_data.check_device_cache("yes")
-    assert device_data.device_volumes("auto", "cpu", None, ["t1"]) is None  # CPU: auto is off, nothing read
+    # CPU: auto is off, nothing read, unless every volume is in a memory cache (the stacked copy is then as small)
+    assert device_data.device_volumes("auto", "cpu", None, ["t1"]) is None
     assert device_data.device_volumes(False, "cpu", None, ["t1"]) is None
+    partly = CacheDataset(_paired_volumes(), Compose([]), cache_rate=0.4, progress=False)
+    assert device_data.device_volumes("auto", "cpu", partly, ["t1", "t2"]) is None
+    full = CacheDataset(_paired_volumes(), Compose([]), progress=False)
+    assert len(device_data.device_volumes("auto", "cpu", full, ["t1", "t2"])) == 5
+    monkeypatch.setattr(device_data, "_available_memory", lambda device: 1000)  # host memory too small: off
+    assert device_data.device_volumes("auto", "cpu", full, ["t1", "t2"]) is None
+    with pytest.raises(MemoryError, match=r"need 0\.1 MiB on cpu.*free 0 MiB"):
+        device_data.device_volumes(True, "cpu", full, ["t1", "t2"])
+    monkeypatch.undo()
 
     class _Cached:
         transform = Compose([])
