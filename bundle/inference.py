@@ -9,6 +9,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 from monai.transforms import (
     Activationsd,
@@ -17,14 +19,17 @@ from monai.transforms import (
     RemoveSmallObjectsd,
     Transform,
 )
+from monai.utils import convert_to_dst_type
 from torch import nn
 
 from .data import file_stem, read_json, read_torch_file
 from .records import SEGMENTATION_KIND, ModelSource, read_record, write_output_record
-from .transforms import ForegroundOnlyd
+from .transforms import ForegroundMaskd, ForegroundOnlyd
 
 __all__ = [
     "MASK_POSTFIX",
+    "OUTSIDE_LOGIT",
+    "ForegroundSliceInferer",
     "check_label_names",
     "check_model_file",
     "mask_paths",
@@ -137,23 +142,90 @@ def output_label_values(values: Sequence[int] | None, num_classes: int) -> list[
     return out
 
 
+#: the logit of every foreground class where ``ForegroundSliceInferer`` skipped the network (class 0 has logit 0): a
+#: softmax of 1.0 for the background, finite in float16 and bfloat16
+OUTSIDE_LOGIT = -1.0e4
+
+
+class ForegroundSliceInferer(SliceInferer):
+    """
+    MONAI's ``SliceInferer`` run only over the bounding box of the input's foreground (nnU-Net's crop to the non-zero
+    region): the box of the voxels that differ from ``background`` in any channel (``ForegroundMaskd``'s rule, the one
+    ``ForegroundOnlyd`` applies after it), united over the batch. Outside the box the output is the background class
+    (logit 0 for class 0, ``OUTSIDE_LOGIT`` for the others), which ``ForegroundOnlyd`` would set there anyway, so the
+    masks outside the box are the same; inside it the windows start at the box's corner. In-plane the box is at least
+    one window wide (widened around the foreground, within the volume), so a slice no larger than a window is run as
+    the plain inferer runs it; slices before the first and after the last one with foreground are not run at all.
+
+    Args:
+        background: the input's background value after its intensity rule (``bundle.preprocessing.backgrounds``).
+        kwargs: ``SliceInferer``'s (``roi_size``, ``spatial_dim``, ``sw_batch_size``, ``overlap``, ``mode``, ``cval``).
+    """
+
+    def __init__(self, background: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.foreground = ForegroundMaskd(keys="image", background=float(background), dtype=torch.bool)
+
+    def foreground_box(self, inputs: torch.Tensor) -> tuple[slice, ...] | None:
+        """
+        The slices of the foreground's bounding box in the spatial dimensions of ``inputs`` [B, C, ...]; in-plane at
+        least ``roi_size`` (widened around the box, within the volume), so that no window is padded where the plain
+        inferer's would not be. None when there is no foreground.
+        """
+        mask = torch.stack([self.foreground({"image": x})["foreground"][0] for x in inputs]).any(dim=0)
+        if not bool(mask.any()):
+            return None
+        in_plane = iter(self.orig_roi_size)  # roi_size becomes 3-D once SliceInferer has run
+        box = []
+        for dim, size in enumerate(mask.shape):
+            present = torch.nonzero(mask.any(dim=[d for d in range(mask.ndim) if d != dim])).flatten()
+            start, stop = int(present[0]), int(present[-1]) + 1
+            if dim != self.spatial_dim:
+                width = max(stop - start, min(int(next(in_plane)), size))
+                start = min(max(0, start - (width - (stop - start)) // 2), size - width)
+                stop = start + width
+            box.append(slice(start, stop))
+        return tuple(box)
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        box = self.foreground_box(inputs)
+        if box is None or all(b.stop - b.start == n for b, n in zip(box, inputs.shape[2:])):
+            return super().__call__(inputs, network, *args, **kwargs)  # blank (refused before) or nothing to crop
+        plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        out = super().__call__(plain[(slice(None), slice(None), *box)], network, *args, **kwargs)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"ForegroundSliceInferer needs a network with one tensor output, got {type(out).__name__}.")
+        full = torch.full((*out.shape[:2], *inputs.shape[2:]), OUTSIDE_LOGIT, dtype=out.dtype, device=out.device)
+        full[:, 0] = 0.0
+        full[(slice(None), slice(None), *box)] = out
+        return convert_to_dst_type(full, inputs, dtype=full.dtype)[0]
+
+
 def slice_inferer(
-    image_size: Sequence[int], sw_batch_size: int = 32, background: float = 0.0, mode: str = "constant"
+    image_size: Sequence[int],
+    sw_batch_size: int = 32,
+    background: float = 0.0,
+    mode: str = "constant",
+    crop_to_foreground: bool = False,
 ) -> SliceInferer:
     """
     The bundle's 2-D sliding window over every axial slice (the last axis) of a 3-D volume: MONAI ``SliceInferer``
     with windows of ``image_size``, overlap 0.25, and slices smaller than a window padded with the input's
-    ``background`` (the value of empty space after its intensity rule).
+    ``background`` (the value of empty space after its intensity rule). With ``crop_to_foreground`` (segmentation
+    with ``foreground_only``) only over the bounding box of the input's foreground (``ForegroundSliceInferer``).
     """
-    return SliceInferer(
-        roi_size=list(image_size),
-        spatial_dim=2,
-        sw_batch_size=int(sw_batch_size),
-        overlap=0.25,
-        mode=mode,
-        cval=float(background),
-        progress=False,
-    )
+    options = {
+        "roi_size": list(image_size),
+        "spatial_dim": 2,
+        "sw_batch_size": int(sw_batch_size),
+        "overlap": 0.25,
+        "mode": mode,
+        "cval": float(background),
+        "progress": False,
+    }
+    if crop_to_foreground:
+        return ForegroundSliceInferer(background=float(background), **options)
+    return SliceInferer(**options)
 
 
 def segmentation_postprocessing(

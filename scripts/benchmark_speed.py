@@ -24,7 +24,9 @@ else TF32 when cuDNN may use it for the convolutions, else fp32).
 Inference runs ``configs/inference.yaml`` end to end (loading, preprocessing, the slice-by-slice forward,
 post-processing, ``Invertd``, NIfTI writing) on one synthetic 240x240x155 volume with a freshly initialised
 ``model.pt``, interleaved with the bare forward: the forward of the workflow's evaluator (``SliceInferer`` over the
-same network, amp as configured; no post-processing) on the same preprocessed volume already on the device.
+same network, amp as configured; no post-processing) on the same preprocessed volume already on the device, and
+the bare forward of every window (``crop_speedup``: what the crop to the input's foreground saves). ``--volume_path``
+measures a real volume instead (e.g. a BraTS FLAIR).
 
 Printed per part: workflow and bare s/iteration (s/volume), their ratio, slices/s, FLOPs per iteration, TFLOP/s, peak
 memory (CPU RSS of the part, CUDA max allocated on a GPU). ``--json_path PATH`` also writes every number as JSON
@@ -48,11 +50,14 @@ from typing import Any
 import fire
 import torch
 from ignite.utils import convert_tensor
+from monai.inferers import SliceInferer
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from bundle.inference import ForegroundSliceInferer  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, "configs")
 
@@ -66,9 +71,6 @@ NOMINAL_PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
     "L40S": {"bf16": 362.1, "tf32": 183.0, "fp32": 91.6},
 }
-
-#: axial slices of the inference volume whose bare forward is counted by ``FlopCounterMode`` (and warms it up)
-FLOP_SLICES = 2
 
 #: the sections of the results (and of ``parts``)
 PARTS: tuple[str, ...] = ("pretraining", "finetuning", "inference")
@@ -352,14 +354,21 @@ def _write_volume(path: str, shape: Sequence[int]) -> str:
 
 
 def measure_inference(
-    overrides: Mapping[str, Any], folder: str, shape: Sequence[int], rounds: int, amp: bool
+    overrides: Mapping[str, Any],
+    folder: str,
+    shape: Sequence[int],
+    rounds: int,
+    amp: bool,
+    volume_path: str | None = None,
 ) -> dict[str, Any]:
     """
     Time ``configs/inference.yaml`` end to end on one synthetic volume against the bare forward, interleaved: per
     round a fresh workflow (initialised untimed) is run, then its evaluator's forward (``bare_forward``) on the
-    workflow's preprocessed volume already on the device. The warm-up is the bare forward of the volume's first
-    ``FLOP_SLICES`` axial slices under ``FlopCounterMode``: every slice has the same windows, so the volume's FLOPs are
-    those scaled by its depth.
+    workflow's preprocessed volume already on the device. The warm-up is one bare forward of the whole volume under
+    ``FlopCounterMode`` (with ``foreground_only`` the inferer runs only the foreground's box, so slices differ).
+    Each round also times the bare forward of MONAI's plain ``SliceInferer`` (every window of every slice) when the
+    configured inferer crops to the foreground (``bundle.inference.ForegroundSliceInferer``): ``crop_speedup`` is the
+    median of the per-round ratios plain / cropped.
 
     Parameters
     ----------
@@ -373,8 +382,10 @@ def measure_inference(
         A/B rounds.
     amp
         the ``amp`` override (which nominal peak applies).
+    volume_path
+        a volume to segment instead of the synthetic one (e.g. a BraTS FLAIR; ``shape`` is then unused).
     """
-    image = _write_volume(os.path.join(folder, "volume_t1.nii.gz"), shape)
+    image = volume_path or _write_volume(os.path.join(folder, "volume_t1.nii.gz"), shape)
     models = os.path.join(folder, "models")
     os.makedirs(models, exist_ok=True)
     common = {**overrides, "ckpt_dir": models, "dataset#data": [{"image": image}]}
@@ -383,6 +394,7 @@ def measure_inference(
     torch.save(network.parser.get_parsed_content("network").state_dict(), os.path.join(models, "model.pt"))
     workflow_s: list[float] = []
     bare_s: list[float] = []
+    plain_s: list[float] = []
     flops = 0
     for r in range(max(1, int(rounds))):
         wf = _workflow("inference.yaml", {**common, "output_dir": os.path.join(folder, f"masks_{r}")})
@@ -392,8 +404,7 @@ def measure_inference(
         depth = int(batch["image"].shape[-1])
         if r == 0:
             _reset_peak_memory(device)
-            slab = {**batch, "image": batch["image"][..., :FLOP_SLICES]}
-            flops = count_flops(lambda e=evaluator: bare_forward(e, slab)) * depth // min(depth, FLOP_SLICES)
+            flops = count_flops(lambda e=evaluator: bare_forward(e, batch))
         _sync(device)
         start = time.perf_counter()
         wf.run()
@@ -404,8 +415,23 @@ def measure_inference(
         bare_forward(evaluator, batch)
         _sync(device)
         bare_s.append(time.perf_counter() - start)
+        if isinstance(evaluator.inferer, ForegroundSliceInferer):
+            cropping = evaluator.inferer
+            evaluator.inferer = SliceInferer(
+                roi_size=cropping.orig_roi_size, spatial_dim=cropping.spatial_dim, sw_batch_size=cropping.sw_batch_size,
+                overlap=cropping.overlap, mode=cropping.mode, cval=cropping.cval, progress=False,
+            )
+            start = time.perf_counter()
+            bare_forward(evaluator, batch)
+            _sync(device)
+            plain_s.append(time.perf_counter() - start)
+            evaluator.inferer = cropping
     out = summarise(workflow_s, bare_s, depth, flops, device, amp, "volume")
-    return {**out, "volume_shape": [int(s) for s in shape], **_peak_memory(device)}
+    if plain_s:
+        out["plain_bare_s_per_volume"] = round(statistics.median(plain_s), 5)
+        out["crop_speedup"] = round(statistics.median(p / b for p, b in zip(plain_s, bare_s)), 4)
+    shape = [int(s) for s in batch["image"].shape[-3:]] if volume_path else [int(s) for s in shape]
+    return {**out, "volume_shape": shape, **_peak_memory(device)}
 
 
 def _line(name: str, r: Mapping[str, Any], unit: str) -> str:
@@ -446,6 +472,7 @@ def benchmark(
     threads: int | None = None,
     json_path: str | None = None,
     volume_shape: Sequence[int] = (240, 240, 155),
+    volume_path: str | None = None,
     dataset_dir: str | None = None,
     data_list_file_path: str | None = None,
 ) -> dict[str, Any]:
@@ -479,7 +506,9 @@ def benchmark(
     json_path
         where to write the numbers as JSON.
     volume_shape
-        the inference volume's shape (smaller for tests).
+        the synthetic inference volume's shape (smaller for tests).
+    volume_path
+        a real volume for the inference part instead (e.g. a BraTS FLAIR; read in place).
     dataset_dir, data_list_file_path
         an existing dataset for the training parts (default: a demo dataset in a temporary folder).
     """
@@ -500,6 +529,7 @@ def benchmark(
         "warmup": warmup,
         "inference_rounds": inference_rounds,
         "volume_shape": [int(s) for s in volume_shape],
+        "volume_path": volume_path,
         "overrides": dict(overrides or {}),
     }
     previous_threads = torch.get_num_threads()
@@ -528,9 +558,17 @@ def benchmark(
             if "inference" in parts:
                 folder = os.path.join(tmp, "inference")
                 os.makedirs(folder)
-                results["inference"] = measure_inference(common, folder, volume_shape, inference_rounds, bool(amp))
-                shape = "x".join(str(int(s)) for s in volume_shape)
-                print(_line(f"inference, {shape} volume @ {image_size}", results["inference"], "volume"))
+                results["inference"] = r = measure_inference(
+                    common, folder, volume_shape, inference_rounds, bool(amp), volume_path
+                )
+                shape = "x".join(str(s) for s in r["volume_shape"])
+                print(_line(f"inference, {shape} volume @ {image_size}", r, "volume"))
+                if "crop_speedup" in r:
+                    print(
+                        f"inference, foreground crop: bare forward {r['bare_s_per_volume']:.4f} s/volume against "
+                        f"{r['plain_bare_s_per_volume']:.4f} s for every window (plain SliceInferer), crop_speedup "
+                        f"{r['crop_speedup']:.3f} (median of {r['rounds']} rounds)"
+                    )
     finally:
         torch.set_num_threads(previous_threads)
     if json_path:

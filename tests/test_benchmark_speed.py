@@ -77,6 +77,8 @@ def test_benchmark_speed_numbers_and_bare_finetuning_step(tiny_dataset, tmp_path
         assert numbers["device"] == "cpu" and numbers["nominal_peak_tflops"] is None  # no fraction off CUDA
     assert written["pretraining"]["slices_per_iteration"] == written["finetuning"]["slices_per_iteration"] == 2
     assert written["inference"]["slices_per_volume"] == 16
+    # foreground_only (the default): the inferer crops, and the plain SliceInferer's forward is timed beside it
+    assert math.isfinite(written["inference"]["crop_speedup"]) and written["inference"]["plain_bare_s_per_volume"] > 0
 
     # the bare fine-tuning step is the iteration of the trainer train.yaml built, on its network, loss and optimizer,
     # and it trains that network

@@ -284,3 +284,34 @@ def test_postprocessing_switches_keep_the_largest_and_remove_small_objects():
     assert torch.equal(decide(min_object_size=8).bool(), large | small)  # objects of at least min_object_size stay
     with pytest.raises(ValueError, match="min_object_size must be an integer >= 0"):
         segmentation_postprocessing(2, 0.0, min_object_size=-1)
+
+
+@pytest.mark.parametrize("background", [0.0, -1.0])
+def test_foreground_inferer_runs_only_the_foreground_box(background):
+    from monai.data import MetaTensor
+
+    from bundle.inference import OUTSIDE_LOGIT, ForegroundSliceInferer, slice_inferer
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 1)  # pointwise: every window position gives the same values
+    windows = []
+    net.register_forward_hook(lambda module, args, out: windows.append(args[0].shape[0]))
+    volume = torch.full((1, 1, 40, 36, 10), background)
+    volume[..., 5:20, 10:30, 2:6] = torch.rand(15, 20, 4) + 0.5
+    volume = MetaTensor(volume, affine=torch.diag(torch.tensor([2.0, 3.0, 4.0, 1.0])))
+    plain = slice_inferer([16, 16], 4, background)(volume, net)
+    n_plain, windows[:] = sum(windows), []
+    cropper = slice_inferer([16, 16], 4, background, crop_to_foreground=True)
+    assert isinstance(cropper, ForegroundSliceInferer)
+    cropped = cropper(volume, net)
+    assert sum(windows) < n_plain / 4  # 1 window per slice of 4 slices, against 9 windows per slice of 10
+    assert isinstance(cropped, MetaTensor) and torch.equal(cropped.affine, volume.affine)
+    assert cropped.shape == plain.shape == (1, 2, 40, 36, 10)
+    # the foreground's box, widened in-plane to one window (15 rows -> 16), slices 2-5 only
+    assert cropper.foreground_box(volume) == (slice(5, 21), slice(10, 30), slice(2, 6))
+    box = (..., slice(5, 21), slice(10, 30), slice(2, 6))
+    torch.testing.assert_close(cropped[box].as_tensor(), plain[box].as_tensor())
+    outside = torch.ones(40, 36, 10, dtype=torch.bool)
+    outside[5:21, 10:30, 2:6] = False
+    assert bool((cropped[0, 0][outside] == 0).all()) and bool((cropped[0, 1][outside] == OUTSIDE_LOGIT).all())
+    torch.testing.assert_close(cropper(volume, net), cropped)  # again: SliceInferer made its roi_size 3-D meanwhile
