@@ -315,3 +315,18 @@ def test_foreground_inferer_runs_only_the_foreground_box(background):
     outside[5:21, 10:30, 2:6] = False
     assert bool((cropped[0, 0][outside] == 0).all()) and bool((cropped[0, 1][outside] == OUTSIDE_LOGIT).all())
     torch.testing.assert_close(cropper(volume, net), cropped)  # again: SliceInferer made its roi_size 3-D meanwhile
+
+
+@pytest.mark.parametrize("foreground_only", [True, False])
+def test_validation_and_inference_crop_to_the_foreground_with_foreground_only(foreground_only):
+    from monai.inferers import SliceInferer
+
+    from bundle.inference import ForegroundSliceInferer
+
+    for config, inferer_id in (("train.yaml", "validate#inferer"), ("inference.yaml", "inferer")):
+        parser = ConfigParser()
+        parser.read_config(config_path(config))
+        parser.update({"bundle_root": str(ROOT), "foreground_only": foreground_only, "background": 0.0})
+        inferer = parser.get_parsed_content(inferer_id, instantiate=True)
+        assert isinstance(inferer, SliceInferer)
+        assert isinstance(inferer, ForegroundSliceInferer) == foreground_only, config
