@@ -3,7 +3,7 @@
 """Multi-ConDoS bundle package: what MONAI lacks for the method (shared-block generators, projection head,
 image pool, the 2G/2D training step, translation validation, data helpers, public dataset layouts and the demo dataset)."""
 
-__version__ = "0.3.0"  # configs/metadata.json "version" (a test keeps them equal)
+__version__ = "0.4.0"  # configs/metadata.json "version" (a test keeps them equal)
 
 from . import (  # noqa: E402 (after __version__, which the modules read)
     data,
