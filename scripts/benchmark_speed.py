@@ -28,6 +28,10 @@ same network, amp as configured; no post-processing) on the same preprocessed vo
 the bare forward of every window (``crop_speedup``: what the crop to the input's foreground saves). ``--volume_path``
 measures a real volume instead (e.g. a BraTS FLAIR).
 
+The ``schedule`` part runs one full pre-training epoch (``--schedule_epoch_length`` iterations with its validation,
+previews and a checkpoint) and extrapolates it to ``--schedule_epochs`` epochs: the BraTS preset's 200 x 200 by
+default, so that the GPU command gives the wall time of the paper-scale pre-training.
+
 Printed per part: workflow and bare s/iteration (s/volume), their ratio, slices/s, FLOPs per iteration, TFLOP/s, peak
 memory (CPU RSS of the part, CUDA max allocated on a GPU). ``--json_path PATH`` also writes every number as JSON
 (sections ``pretraining``, ``finetuning``, ``inference``; keys ``workflow_over_bare``, ``slices_per_s``,
@@ -73,7 +77,7 @@ NOMINAL_PEAK_TFLOPS: dict[str, dict[str, float]] = {
 }
 
 #: the sections of the results (and of ``parts``)
-PARTS: tuple[str, ...] = ("pretraining", "finetuning", "inference")
+PARTS: tuple[str, ...] = ("pretraining", "finetuning", "inference", "schedule")
 
 
 def _sync(device: torch.device) -> None:
@@ -434,6 +438,41 @@ def measure_inference(
     return {**out, "volume_shape": shape, **_peak_memory(device)}
 
 
+def measure_schedule(overrides: Mapping[str, Any], epochs: int, epoch_length: int) -> dict[str, Any]:
+    """
+    One full pre-training epoch of ``epoch_length`` iterations through ``configs/pretrain.yaml``, run and timed with
+    everything an epoch of the schedule may do (its validation, previews and a checkpoint; the first epoch also warms
+    up, so the number errs long), and extrapolated to ``epochs`` such epochs (the BraTS preset: 200 x 200).
+
+    Parameters
+    ----------
+    overrides
+        config overrides (data, folders, ``image_size``, ``batch_size``, ``amp``, ``device``, ...).
+    epochs, epoch_length
+        the schedule to extrapolate to; one epoch of ``epoch_length`` iterations is run.
+    """
+    run = {**overrides, "epochs": 1, "epoch_length": int(epoch_length), "val_interval": 1, "save_interval": 1}
+    wf = _workflow("pretrain.yaml", run, run_id="training")
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    device = torch.device(trainer.state.device)
+    _sync(device)
+    start = time.perf_counter()
+    wf.run()
+    _sync(device)
+    epoch_s = time.perf_counter() - start
+    iterations = int(trainer.state.iteration)
+    wf.finalize()
+    return {
+        "device": str(device),
+        "epoch_s": round(epoch_s, 3),
+        "iterations": iterations,
+        "epochs": int(epochs),
+        "epoch_length": int(epoch_length),
+        "schedule_s": round(epoch_s * int(epochs), 1),
+        "checkpoints": sorted(os.listdir(os.path.join(str(overrides["ckpt_dir"]), "checkpoints"))),
+    }
+
+
 def _line(name: str, r: Mapping[str, Any], unit: str) -> str:
     """One printed line of a part's numbers."""
     per = "it" if unit == "iteration" else "volume"
@@ -473,6 +512,8 @@ def benchmark(
     json_path: str | None = None,
     volume_shape: Sequence[int] = (240, 240, 155),
     volume_path: str | None = None,
+    schedule_epochs: int = 200,
+    schedule_epoch_length: int = 200,
     dataset_dir: str | None = None,
     data_list_file_path: str | None = None,
 ) -> dict[str, Any]:
@@ -499,7 +540,7 @@ def benchmark(
     overrides
         further config ids for every workflow, e.g. ``{'compile': True, 'compile_mode': 'reduce-overhead'}``.
     parts
-        some of ``pretraining``, ``finetuning``, ``inference``.
+        some of ``pretraining``, ``finetuning``, ``inference``, ``schedule``.
     threads
         torch CPU threads during the measurement (restored afterwards; 1 is faster for tiny networks on a loaded
         machine).
@@ -509,6 +550,9 @@ def benchmark(
         the synthetic inference volume's shape (smaller for tests).
     volume_path
         a real volume for the inference part instead (e.g. a BraTS FLAIR; read in place).
+    schedule_epochs, schedule_epoch_length
+        the pre-training schedule the ``schedule`` part extrapolates to (default: the BraTS preset's 200 x 200); it
+        runs one epoch of ``schedule_epoch_length`` iterations.
     dataset_dir, data_list_file_path
         an existing dataset for the training parts (default: a demo dataset in a temporary folder).
     """
@@ -530,6 +574,7 @@ def benchmark(
         "inference_rounds": inference_rounds,
         "volume_shape": [int(s) for s in volume_shape],
         "volume_path": volume_path,
+        "schedule": [int(schedule_epochs), int(schedule_epoch_length)],
         "overrides": dict(overrides or {}),
     }
     previous_threads = torch.get_num_threads()
@@ -538,7 +583,7 @@ def benchmark(
     results: dict[str, Any] = {"settings": settings, "torch": torch.__version__, "threads": torch.get_num_threads()}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            if dataset_dir is None and {"pretraining", "finetuning"} & set(parts):
+            if dataset_dir is None and {"pretraining", "finetuning", "schedule"} & set(parts):
                 dataset_dir, data_list_file_path = _demo_dataset(os.path.join(tmp, "data"), batch_size, image_size)
             training = {**common, "batch_size": int(batch_size), "val_interval": 1, "validate_voxels": False}
             if dataset_dir is not None:
@@ -569,6 +614,16 @@ def benchmark(
                         f"{r['plain_bare_s_per_volume']:.4f} s for every window (plain SliceInferer), crop_speedup "
                         f"{r['crop_speedup']:.3f} (median of {r['rounds']} rounds)"
                     )
+            if "schedule" in parts:
+                folders = {"ckpt_dir": os.path.join(tmp, "schedule"), "output_dir": os.path.join(tmp, "schedule_out")}
+                results["schedule"] = r = measure_schedule(
+                    {**training, **folders}, schedule_epochs, schedule_epoch_length
+                )
+                print(
+                    f"schedule: one pre-training epoch of {r['iterations']} iterations (batch {batch_size} @ "
+                    f"{image_size}, with its validation, previews and a checkpoint) {r['epoch_s']:.1f} s; "
+                    f"{r['epochs']} epochs: {r['schedule_s'] / 60:.1f} min (extrapolated) ({r['device']})"
+                )
     finally:
         torch.set_num_threads(previous_threads)
     if json_path:

@@ -51,6 +51,7 @@ def test_benchmark_speed_numbers_and_bare_finetuning_step(tiny_dataset, tmp_path
         inference_rounds=1,
         overrides={**TINY_NET, "samples_per_subject": 2, "val_slices_per_subject": 1},
         volume_shape=(32, 32, 16),
+        schedule_epoch_length=2,
         threads=1,  # tiny networks: 1 thread is the fastest, on a loaded machine by far
         json_path=str(json_path),
         **tiny_dataset,
@@ -77,6 +78,11 @@ def test_benchmark_speed_numbers_and_bare_finetuning_step(tiny_dataset, tmp_path
         assert numbers["device"] == "cpu" and numbers["nominal_peak_tflops"] is None  # no fraction off CUDA
     assert written["pretraining"]["slices_per_iteration"] == written["finetuning"]["slices_per_iteration"] == 2
     assert written["inference"]["slices_per_volume"] == 16
+    # one full epoch (2 iterations, its validation and a checkpoint), extrapolated to the BraTS preset's 200 epochs
+    schedule = written["schedule"]
+    assert schedule["iterations"] == 2 and schedule["epochs"] == 200 and schedule["epoch_s"] > 0
+    assert math.isclose(schedule["schedule_s"], schedule["epoch_s"] * 200, rel_tol=0.01)
+    assert schedule["checkpoints"] == ["checkpoint_epoch=1.pt", "checkpoint_final.pt"]
     # foreground_only (the default): the inferer crops, and the plain SliceInferer's forward is timed beside it
     assert math.isfinite(written["inference"]["crop_speedup"]) and written["inference"]["plain_bare_s_per_volume"] > 0
 
@@ -91,5 +97,6 @@ def test_benchmark_speed_numbers_and_bare_finetuning_step(tiny_dataset, tmp_path
     assert [c["count"] for c in finetuning] == [1, 0, 1]  # FLOPs (warm-up), rest of the warm-up, one round
     # the warm-up step changes the weights (the round's step runs at the poly schedule's end: learning rate 0)
     assert finetuning[0]["changed"]
-    (pre,) = workflows["pretrain.yaml"]
+    pre, schedule_run = workflows["pretrain.yaml"]  # the pre-training part's, then the schedule's (no bare steps)
+    assert not any(c["trainer"] is schedule_run.parser.get_parsed_content("train#trainer") for c in calls)
     assert sum(c["count"] for c in calls if c["trainer"] is pre.parser.get_parsed_content("train#trainer")) == 2
