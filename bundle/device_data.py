@@ -130,6 +130,7 @@ def device_volumes(
     dataset: Any,
     keys: Sequence[str],
     what: str = "training",
+    in_plane: Sequence[int] | None = None,
 ) -> list[dict[str, Any]] | None:
     """
     Decide whether the training volumes go on ``device`` (and log the decision with the memory estimate); return
@@ -149,9 +150,14 @@ def device_volumes(
         dataset: the training dataset (its cache is read, or filled).
         keys: the keys held on the device (their bytes are the estimate, with 16 bytes per slice of weights).
         what: the workflow, for the messages.
+        in_plane: the slice size the samplers must yield (``image_size``): they draw whole cached slices, so every
+            volume must have it in-plane. Fine-tuning caches volumes padded to at least ``image_size`` and crops its
+            windows per sample (``RandCropByPosNegLabeld``): a volume larger in-plane (a real brain at ``image_size``
+            64, or BraTS at 160) keeps the per-sample loader under ``auto`` and is an error under ``True``.
 
     Raises:
-        ValueError: a bad ``device_cache``.
+        ValueError: a bad ``device_cache``; ``device_cache`` True and volumes whose in-plane size is not
+            ``in_plane``.
         MemoryError: ``device_cache`` True and the volumes do not fit, naming the estimate and the free memory.
     """
     check_device_cache(device_cache)
@@ -161,6 +167,17 @@ def device_volumes(
         logger.info(f"device_cache {device_cache}: {what} batches come from the per-sample loader (device {device}).")
         return None
     volumes = compact_volumes(dataset)
+    if in_plane is not None:
+        shapes = sorted({tuple(int(n) for n in _plain(v[keys[0]]).shape[-3:-1]) for v in volumes})
+        if shapes != [tuple(int(n) for n in in_plane)]:
+            text = (
+                f"the {what} volumes are cached at {len(shapes)} in-plane size(s) {shapes[:4]}"
+                f"{' ...' if len(shapes) > 4 else ''}, the batched sampler needs {tuple(in_plane)} (image_size)"
+            )
+            if device_cache is True:
+                raise ValueError(f"device_cache True: {text}. Set --device_cache auto or False (the per-sample loader).")
+            logger.info(f"device_cache auto: {text}: off, the per-sample loader.")
+            return None
     slices = sum(int(_plain(v[keys[0]]).shape[-1]) for v in volumes)
     estimate = sum(_nbytes(v[k]) for v in volumes for k in keys) + 16 * slices
     free = _available_memory(device)

@@ -20,8 +20,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
+from bundle.handlers import checkpoint_run_record
 from bundle.records import load_generators
 from conftest import ROOT, config_path, run_workflow, tiny_overrides
 
@@ -77,8 +77,8 @@ def test_real_brats_pretrain_finetune_one_subject_evaluate(datalist: dict, tmp_p
     assert 12.0 < float(val["val_psnr_identity"]) < 35.0
     assert all(math.isfinite(float(val[k])) for k in ("val_psnr_ab", "val_psnr_ba", "val_ssim_ab", "val_mae_ab"))
     # the pre-training read the training and validation subjects' images only, never a testing file or a label
-    full = torch.load(tmp_path / "pre" / "ckpt" / "checkpoints" / "checkpoint_final.pt", weights_only=False)
-    files = {os.path.basename(p) for p in full["run_record"]["data"]["files"]}
+    run_record = checkpoint_run_record(str(tmp_path / "pre" / "ckpt" / "checkpoints" / "checkpoint_final.pt"))
+    files = {os.path.basename(p) for p in run_record["data"]["files"]}
     expected = {f"{s}_{m}.nii.gz" for s in ids["training"] + ids["validation"] for m in ("flair", "t2")}
     assert files == expected
 
@@ -90,12 +90,12 @@ def test_real_brats_pretrain_finetune_one_subject_evaluate(datalist: dict, tmp_p
     }
     run_workflow([TRAIN, BRATS], fine)
     selection = json.loads((tmp_path / "ft" / "label_subjects.json").read_text())
-    assert len(selection["training_subjects"]) == 1 and selection["n_available"] == 5
+    assert len(selection["training_subjects"]) == 1 and selection["label_fraction"] == 0.01  # ceil(0.01 * 5)
     assert set(selection["training_subjects"]) <= set(ids["training"])
     assert selection["validation_subjects"] == ids["validation"]
     assert (tmp_path / "ft" / "init.txt").read_text().startswith("init: pretrained")
     model = json.loads((tmp_path / "models" / "model.json").read_text())
-    assert {int(k): v for k, v in model["preprocessing"]["label_map"].items()} == {1: 1, 2: 1, 4: 1}  # whole tumour
+    assert {int(k): v for k, v in model["labels"]["label_map"].items()} == {1: 1, 2: 1, 4: 1}  # whole tumour
 
     # evaluation on the held-out subjects, one row each, in the labels' own voxel counts
     run_workflow([TRAIN, EVAL, BRATS], {**fine, "output_dir": str(tmp_path / "eval")})

@@ -232,6 +232,15 @@ def test_device_cache_decision(monkeypatch):
     assert device_data.device_volumes("auto", "cpu", partly, ["t1", "t2"]) is None
     full = CacheDataset(_paired_volumes(), Compose([]), progress=False)
     assert len(device_data.device_volumes("auto", "cpu", full, ["t1", "t2"])) == 5
+    assert len(device_data.device_volumes("auto", "cpu", full, ["t1", "t2"], in_plane=(SIZE, SIZE))) == 5
+    # volumes larger in-plane than image_size (a real brain; fine-tuning crops its windows per sample): the batched
+    # sampler would draw whole slices, so auto keeps the per-sample loader and True is refused, naming the sizes
+    mixed = _paired_volumes()
+    mixed[1] = {k: torch.cat([v, v[:, :7]], dim=1) for k, v in mixed[1].items()}
+    mixed_cache = CacheDataset(mixed, Compose([]), progress=False)
+    assert device_data.device_volumes("auto", "cpu", mixed_cache, ["t1", "t2"], in_plane=(SIZE, SIZE)) is None
+    with pytest.raises(ValueError, match=rf"2 in-plane size\(s\) \[\({SIZE}, {SIZE}\), \({SIZE + 7}, {SIZE}\)\]"):
+        device_data.device_volumes(True, "cpu", mixed_cache, ["t1", "t2"], in_plane=(SIZE, SIZE))
     monkeypatch.setattr(device_data, "_available_memory", lambda device: 1000)  # host memory too small: off
     assert device_data.device_volumes("auto", "cpu", full, ["t1", "t2"]) is None
     with pytest.raises(MemoryError, match=r"need 0\.1 MiB on cpu.*free 0 MiB"):
