@@ -19,6 +19,7 @@ from monai.transforms import (
     RemoveSmallObjectsd,
     Transform,
 )
+from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import convert_to_dst_type
 from torch import nn
 
@@ -165,6 +166,7 @@ class ForegroundSliceInferer(SliceInferer):
     def __init__(self, background: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.foreground = ForegroundMaskd(keys="image", background=float(background), dtype=torch.bool)
+        self.crop = True  # False: every window, as the plain SliceInferer (scripts/benchmark_speed.py compares them)
 
     def foreground_box(self, inputs: torch.Tensor) -> tuple[slice, ...] | None:
         """
@@ -175,22 +177,21 @@ class ForegroundSliceInferer(SliceInferer):
         mask = torch.stack([self.foreground({"image": x})["foreground"][0] for x in inputs]).any(dim=0)
         if not bool(mask.any()):
             return None
+        starts, stops = generate_spatial_bounding_box(mask[None])
         in_plane = iter(self.orig_roi_size)  # roi_size becomes 3-D once SliceInferer has run
         box = []
-        for dim, size in enumerate(mask.shape):
-            present = torch.nonzero(mask.any(dim=[d for d in range(mask.ndim) if d != dim])).flatten()
-            start, stop = int(present[0]), int(present[-1]) + 1
+        for dim, (start, stop, size) in enumerate(zip(starts, stops, mask.shape)):
             if dim != self.spatial_dim:
                 width = max(stop - start, min(int(next(in_plane)), size))
                 start = min(max(0, start - (width - (stop - start)) // 2), size - width)
                 stop = start + width
-            box.append(slice(start, stop))
+            box.append(slice(int(start), int(stop)))
         return tuple(box)
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        box = self.foreground_box(inputs)
+        box = self.foreground_box(inputs) if self.crop else None
         if box is None or all(b.stop - b.start == n for b, n in zip(box, inputs.shape[2:])):
-            return super().__call__(inputs, network, *args, **kwargs)  # blank (refused before) or nothing to crop
+            return super().__call__(inputs, network, *args, **kwargs)  # off, blank (refused before) or no crop
         plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         out = super().__call__(plain[(slice(None), slice(None), *box)], network, *args, **kwargs)
         if not isinstance(out, torch.Tensor):
