@@ -258,10 +258,11 @@ def move_aside(folder: str, paths: Sequence[str], copied: Sequence[str] = ()) ->
 
 def check_output_dir(
     output_dir: str | os.PathLike, patterns: Sequence[str], overwrite: bool = False, what: str = "inference"
-) -> None:
+) -> list[str]:
     """
     Read-only check before any compute: ``output_dir`` holds no outputs of an earlier ``what`` (its files matching
     ``patterns``, ``earlier_run_files``), unless ``overwrite`` (``move_earlier_outputs`` then moves them aside).
+    Returns those files.
 
     Raises:
         FileExistsError: naming the folder and a few of the earlier files.
@@ -273,14 +274,14 @@ def check_output_dir(
             f"{_listed([os.path.basename(p) for p in found])}). Choose another --output_dir, or pass --overwrite True "
             f"(they are moved to {output_dir}/previous/<time>/)."
         )
+    return found
 
 
 def move_earlier_outputs(
     output_dir: str | os.PathLike, patterns: Sequence[str], overwrite: bool = False, what: str = "inference"
 ) -> None:
     """Move the outputs of an earlier ``what`` (``check_output_dir``) to ``output_dir/previous/<time>/``."""
-    check_output_dir(output_dir, patterns, overwrite, what)
-    found = earlier_run_files(os.fspath(output_dir), patterns)
+    found = check_output_dir(output_dir, patterns, overwrite, what)
     if found:
         move_aside(os.fspath(output_dir), found)
 
