@@ -4,13 +4,16 @@
 The training cache held on the training device and batched samplers that draw each batch with tensor ops there
 (``device_cache`` in ``configs/pretrain.yaml`` / ``configs/train.yaml``).
 
-Why a hand-written batched sampler (measured, ``python scripts/benchmark_cache.py --sampler True``, 2 CPU cores,
-batch 8, 64x64 slices, 12 compact 64x64x48 volumes; times per batch):
+Why a hand-written batched sampler (measured per batch through the configs, ``scripts/benchmark_sampler.py``, one
+thread of a loaded 2-core CPU, median of 10-20 interleaved rounds):
 
-- pre-training: the configs' per-sample MONAI chain (``RandWeightedCropd`` one slice, ``SqueezeDimd``,
-  ``DeleteItemsd``, ``EnsureTyped``, two ``RandFlipd``) through ``DataLoader`` takes 4.9 ms per batch of 8 against
-  0.22 ms for ``PairedSliceSampler`` (22x); fine-tuning's chain (``RandCropByPosNegLabeld``, flips, ``RandRotated``,
-  intensity scale/shift; batch 16, 4 slices per subject) takes 21 ms against 2.3 ms for ``LabelSliceSampler`` (9x);
+- demo data, batch 8 at 64x64 (``--batch_size 8 --image_size 64``): pre-training's per-sample MONAI chain
+  (``RandWeightedCropd`` one slice, ``SqueezeDimd``, ``DeleteItemsd``, ``EnsureTyped``, two ``RandFlipd``) through
+  ``DataLoader`` takes 33.0 ms against 0.61 ms for ``PairedSliceSampler`` (54x); fine-tuning's
+  (``RandCropByPosNegLabeld``, flips, ``RandRotated``, intensity scale/shift, 4 windows per subject) 54.2 ms against
+  6.9 ms for ``LabelSliceSampler`` (7.9x);
+- real BraTS 2018 at the preset's 160x160 (``--preset brats``, 5 training subjects): fine-tuning, batch 16, 226 ms
+  against 23 ms (9.8x); pre-training, batch 4, 42.8 ms against 1.1 ms (40x);
 - on a GPU the per-sample chain also runs on the CPU (``num_workers`` 0) and copies every batch to the device; it
   cost about half of a pre-training iteration on an H200 (0.131 s workflow against 0.071 s for the bare step, issue
   13), more than the step itself. MONAI has no batched equivalent of these per-sample crops (``ThreadDataLoader`` and
@@ -24,8 +27,10 @@ The samplers reproduce the distribution of the configs' chains (tests/test_devic
   (the valid range of a 1-slice window ends one slice early in ``monai.transforms.utils.weighted_patch_samples``) and
   draws uniformly when no weight is positive; ``PairedSliceSampler`` does the same (``centre_slice_weights``).
 - ``RandCropByPosNegLabeld`` picks a positive sample with probability ``pos / (pos + neg)`` (0 without label voxels,
-  1 without background voxels) and then a voxel uniformly among the label (background) voxels: a slice with
-  probability proportional to its label (background) voxel count; ``LabelSliceSampler`` does the same.
+  1 without background voxels), then a centre voxel uniformly among the label (background) voxels, which is a slice
+  with probability proportional to its label (background) voxel count and then a voxel of that slice, and moves the
+  centre so that the window lies inside the volume; ``LabelSliceSampler`` does the same, on volumes of any in-plane
+  size of at least the window (held padded to the largest).
 - the augmentation is the config's own list of MONAI transforms, applied per batch (``BatchAugmentation``: each
   sample draws its own flips, rotation angle and intensity factors; rotations use MONAI's ``AffineTransform`` with
   the matrix of ``monai.transforms.Rotate``; ``bundle.batch_augmentation``).
@@ -119,9 +124,11 @@ def _plain(x: Any) -> torch.Tensor:
     return torch.as_tensor(x)
 
 
-def _nbytes(x: Any) -> int:
-    x = _plain(x)
-    return x.element_size() * x.nelement()
+def _padded_nbytes(volumes: Sequence[Mapping[str, Any]], key: str) -> int:
+    """The bytes of ``key`` stacked by ``_stack``: every volume padded in-plane to the largest."""
+    tensors = [_plain(v[key]) for v in volumes]
+    height, width = max(int(x.shape[-3]) for x in tensors), max(int(x.shape[-2]) for x in tensors)
+    return sum(x.element_size() * int(x.shape[0]) * height * width * int(x.shape[-1]) for x in tensors)
 
 
 def device_volumes(
@@ -150,10 +157,9 @@ def device_volumes(
         dataset: the training dataset (its cache is read, or filled).
         keys: the keys held on the device (their bytes are the estimate, with 16 bytes per slice of weights).
         what: the workflow, for the messages.
-        in_plane: the slice size the samplers must yield (``image_size``): they draw whole cached slices, so every
-            volume must have it in-plane. Fine-tuning caches volumes padded to at least ``image_size`` and crops its
-            windows per sample (``RandCropByPosNegLabeld``): a volume larger in-plane (a real brain at ``image_size``
-            64, or BraTS at 160) keeps the per-sample loader under ``auto`` and is an error under ``True``.
+        in_plane: the in-plane size every volume must have, where the sampler draws whole cached slices
+            (pre-training: its cache is padded and cropped to ``image_size``); None: any (fine-tuning's sampler
+            crops its windows from volumes of any size at least ``image_size``, held padded to the largest).
 
     Raises:
         ValueError: a bad ``device_cache``; ``device_cache`` True and volumes whose in-plane size is not
@@ -179,7 +185,7 @@ def device_volumes(
             logger.info(f"device_cache auto: {text}: off, the per-sample loader.")
             return None
     slices = sum(int(_plain(v[keys[0]]).shape[-1]) for v in volumes)
-    estimate = sum(_nbytes(v[k]) for v in volumes for k in keys) + 16 * slices
+    estimate = sum(_padded_nbytes(volumes, k) for k in keys) + 16 * slices
     free = _available_memory(device)
     limit = None if free is None else DEVICE_MEMORY_FRACTION * free
     fits = limit is None or estimate <= limit
@@ -294,17 +300,25 @@ class _DeviceSampler:
         self._cursor = int(state["cursor"])
 
 
-def _stack(volumes: Sequence[Mapping[str, Any]], key: str, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
-    """The volumes' ``key`` [1, H, W, D] concatenated along depth as [sum(D), H, W] on ``device``."""
+def _stack(
+    volumes: Sequence[Mapping[str, Any]], key: str, dtype: torch.dtype | None, device: torch.device, pad: bool = False
+) -> torch.Tensor:
+    """
+    The volumes' ``key`` [1, H, W, D] concatenated along depth as [sum(D), H, W] on ``device``. With ``pad``,
+    volumes of different in-plane sizes are padded with 0 after their last row and column to the largest (the
+    samplers never draw from the padding); without, they must all have one in-plane size.
+    """
     parts = []
     for v in volumes:
         x = _plain(v[key])
         if x.ndim != 4 or x.shape[0] != 1:
             raise ValueError(f"the cached '{key}' must be [1, H, W, D], got {tuple(x.shape)}.")
         parts.append(x[0].permute(2, 0, 1))
-    shapes = {tuple(p.shape[1:]) for p in parts}
-    if len(shapes) != 1:
-        raise ValueError(f"the cached '{key}' volumes differ in-plane: {sorted(shapes)} (one image_size expected).")
+    shapes = sorted({tuple(p.shape[1:]) for p in parts})
+    if len(shapes) != 1 and not pad:
+        raise ValueError(f"the cached '{key}' volumes differ in-plane: {shapes} (one image_size expected).")
+    height, width = max(h for h, _ in shapes), max(w for _, w in shapes)
+    parts = [torch.nn.functional.pad(p, (0, width - p.shape[2], 0, height - p.shape[1])) for p in parts]
     out = torch.cat(parts)
     return out.to(device=device, dtype=dtype or out.dtype).contiguous()
 
@@ -357,18 +371,23 @@ class PairedSliceSampler(_DeviceSampler):
 
 class LabelSliceSampler(_DeviceSampler):
     """
-    Fine-tuning batches drawn on the device: ``samples_per_subject`` axial slices of each of
+    Fine-tuning batches drawn on the device: ``samples_per_subject`` axial windows of each of
     ``batch_size // samples_per_subject`` subjects (shuffled per pass, the last batch may be smaller, as the config's
-    ``DataLoader``), each slice chosen as ``RandCropByPosNegLabeld(pos, neg)`` chooses it: positive with probability
-    ``pos / (pos + neg)`` (0 without label voxels, 1 without background voxels), then a slice with probability
-    proportional to its label (positive) or background (negative) voxel count; then ``augmentation`` (the config's
-    flips, rotation and intensity changes, drawn per sample). Yields ``{image_key, label_key}`` float32
-    ``[n, 1, H, W]`` on ``device``, subject by subject.
+    ``DataLoader``), each chosen as ``RandCropByPosNegLabeld(pos, neg, spatial_size + [1])`` chooses it: a centre
+    voxel drawn uniformly among the subject's label voxels with probability ``pos / (pos + neg)`` (0 without label
+    voxels, 1 without background voxels), else among its other voxels (a slice with probability proportional to its
+    label or background voxel count, then a voxel of that slice), moved into the range where the window lies inside
+    the volume (``monai.transforms.utils.correct_crop_centers``); then ``augmentation`` (the config's flips, rotation
+    and intensity changes, drawn per sample). Yields ``{image_key, label_key}`` float32 ``[n, 1, h, w]`` on
+    ``device``, subject by subject.
+
+    The volumes may differ in-plane (a real brain cropped to its foreground, at least ``spatial_size`` after
+    ``ResizeWithBackgroundd``): they are held padded to the largest, and only each volume's own voxels are drawn.
 
     Args:
         volumes: the compact volumes (``device_volumes``): ``image_key`` and ``label_key``, each ``[1, H, W, D]``.
-        batch_size: slices per batch.
-        samples_per_subject: slices per subject.
+        batch_size: windows per batch.
+        samples_per_subject: windows per subject.
         device: the training device.
         pos: ``RandCropByPosNegLabeld``'s ``pos``.
         neg: its ``neg``.
@@ -376,6 +395,11 @@ class LabelSliceSampler(_DeviceSampler):
         label_key: the label (class indices; every class > 0 is positive).
         augmentation: MONAI dictionary transforms (``BatchAugmentation``).
         seed: the seed of the sampler's generator (the process's rank is added in a multi-GPU run).
+        spatial_size: the in-plane window ``(h, w)`` (``image_size``); None: whole slices (every volume one size).
+
+    Raises:
+        ValueError: ``pos`` and ``neg`` not both >= 0 with a positive sum; a volume smaller in-plane than
+            ``spatial_size`` (named by its position in ``volumes``).
     """
 
     def __init__(
@@ -390,6 +414,7 @@ class LabelSliceSampler(_DeviceSampler):
         label_key: str = "label",
         augmentation: Sequence[Any] = (),
         seed: int = 0,
+        spatial_size: Sequence[int] | None = None,
     ) -> None:
         if float(pos) < 0 or float(neg) < 0 or float(pos) + float(neg) <= 0:
             raise ValueError(f"crop_pos and crop_neg must be >= 0 and not both 0, got {pos} and {neg}.")
@@ -398,15 +423,23 @@ class LabelSliceSampler(_DeviceSampler):
             len(volumes), max(1, int(batch_size) // self.samples_per_subject), False, torch.device(device),
             _rank_seed(seed),
         )
+        extents = [tuple(int(n) for n in _plain(v[image_key]).shape[-3:-1]) for v in volumes]
+        self.window = extents[0] if spatial_size is None else tuple(int(n) for n in spatial_size)[:2]
+        for i, extent in enumerate(extents):
+            if extent[0] < self.window[0] or extent[1] < self.window[1]:
+                raise ValueError(
+                    f"fine-tuning volume {i} is {extent} in-plane, smaller than the {self.window} window (image_size)."
+                )
         self.keys = [image_key, label_key]
-        self.images = {image_key: _stack(volumes, image_key, None, self.device)}
-        self.images[label_key] = _stack(volumes, label_key, None, self.device)
+        self.images = {k: _stack(volumes, k, None, self.device, pad=spatial_size is not None) for k in self.keys}
         depths = [int(_plain(v[image_key]).shape[-1]) for v in volumes]
         self.offsets = _offsets(depths, self.device)
         self.depths = torch.tensor(depths, dtype=torch.long, device=self.device)
+        # each slice's own in-plane extent (the rest is padding)
+        self.extent = torch.tensor(extents, dtype=torch.long).repeat_interleave(torch.tensor(depths), 0).to(self.device)
+        self.crop = any(extent != self.window for extent in extents)
         positive = (self.images[label_key] > 0).flatten(1).sum(1)
-        area = self.images[label_key][0].numel()
-        self.pos_prefix, self.neg_prefix = _prefix(positive), _prefix(area - positive)
+        self.pos_prefix, self.neg_prefix = _prefix(positive), _prefix(self.extent.prod(1) - positive)
         self.pos_ratio = float(pos) / (float(pos) + float(neg))
         self.augmentation = BatchAugmentation(augmentation)
 
@@ -414,13 +447,41 @@ class LabelSliceSampler(_DeviceSampler):
         subjects = subjects.repeat_interleave(self.samples_per_subject)
         offsets, depths = self.offsets[subjects], self.depths[subjects]
         n = subjects.shape[0]
-        u, r = torch.rand(2, n, generator=self.generator, device=self.device, dtype=torch.float64)
+        u, r, v = torch.rand(3, n, generator=self.generator, device=self.device, dtype=torch.float64)
         pos_index, pos_total = _weighted_slices(self.pos_prefix, offsets, depths, r)
         neg_index, neg_total = _weighted_slices(self.neg_prefix, offsets, depths, r)
         ratio = torch.where(pos_total == 0, 0.0, torch.where(neg_total == 0, 1.0, self.pos_ratio))
-        index = torch.where(u < ratio, pos_index, neg_index)
-        batch = {k: self.images[k][index].unsqueeze(1).float() for k in self.keys}
+        positive = u < ratio
+        index = torch.where(positive, pos_index, neg_index)
+        if not self.crop:
+            batch = {k: self.images[k][index].unsqueeze(1).float() for k in self.keys}
+        else:
+            batch = self._windows(index, positive, v)
         return self.augmentation(batch, self.generator)
+
+    def _windows(self, index: torch.Tensor, positive: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The windows of slices ``index`` centred on a voxel drawn with uniform ``v`` among the slice's label
+        (``positive``) or other voxels, the centre moved as ``correct_crop_centers`` moves it."""
+        label = self.images[self.keys[1]][index]
+        height, width = label.shape[-2:]
+        extent = self.extent[index]
+        rows = torch.arange(height, device=self.device).view(1, -1, 1)
+        cols = torch.arange(width, device=self.device).view(1, 1, -1)
+        inside = (rows < extent[:, 0, None, None]) & (cols < extent[:, 1, None, None])
+        candidates = torch.where(positive.view(-1, 1, 1), label > 0, (label == 0) & inside).flatten(1)
+        cumulative = candidates.cumsum(1)
+        count = cumulative[:, -1:]
+        k = torch.minimum((v.view(-1, 1) * count).long(), (count - 1).clamp(min=0)) + 1
+        flat = torch.searchsorted(cumulative, k).clamp(max=height * width - 1).squeeze(1)
+        centre = torch.stack([flat // width, flat % width], 1)
+        window = torch.tensor(self.window, device=self.device)
+        low = window // 2
+        centre = torch.minimum(torch.maximum(centre, low), extent - window + low)
+        start = centre - low
+        ys = (start[:, 0, None] + torch.arange(self.window[0], device=self.device)).view(-1, self.window[0], 1)
+        xs = (start[:, 1, None] + torch.arange(self.window[1], device=self.device)).view(-1, 1, self.window[1])
+        slices = index.view(-1, 1, 1)
+        return {k: self.images[k][slices, ys, xs].unsqueeze(1).float() for k in self.keys}
 
 
 def _rank_seed(seed: int) -> int:

@@ -79,7 +79,7 @@ NOMINAL_PEAK_TFLOPS: dict[str, dict[str, float]] = {
 PARTS: tuple[str, ...] = ("pretraining", "finetuning", "inference", "schedule")
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     """Wait for the device's queued work (timings end after it)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -136,12 +136,18 @@ def nominal_peak(device: torch.device, amp: bool) -> tuple[str, float | None]:
     return dtype, (NOMINAL_PEAK_TFLOPS[max(found, key=len)][dtype] if found else None)
 
 
-def _workflow(config: str, overrides: Mapping[str, Any], run_id: str = "run", initialize: bool = True) -> Any:
-    """``configs/<config>`` as a ``ConfigWorkflow`` with ``overrides`` (initialised unless ``initialize`` is False)."""
+def bundle_workflow(
+    config: str | Sequence[str], overrides: Mapping[str, Any], run_id: str = "run", initialize: bool = True
+) -> Any:
+    """
+    ``configs/<config>`` (a list: merged in order) as a ``ConfigWorkflow`` with ``overrides`` (initialised unless
+    ``initialize`` is False).
+    """
     from monai.bundle import ConfigWorkflow
 
+    files = [config] if isinstance(config, str) else list(config)
     wf = ConfigWorkflow(
-        config_file=os.path.join(CONFIGS, config),
+        config_file=[os.path.join(CONFIGS, f) for f in files],
         meta_file=os.path.join(CONFIGS, "metadata.json"),
         logging_file=os.path.join(CONFIGS, "logging.conf"),
         workflow_type=None,
@@ -164,7 +170,7 @@ def device_batches(loader: Iterable, count: int, device: torch.device) -> list[A
         batches += [convert_tensor(b, device) for b in loader][: count - len(batches)]
         if len(batches) == before:
             raise ValueError("the training loader yields no batch.")
-    _sync(device)
+    sync(device)
     return batches
 
 
@@ -243,7 +249,7 @@ class InterleavedRounds:
         if done < 0 or done % self.iterations or done > self.rounds * self.iterations:
             return
         device = torch.device(engine.state.device)
-        _sync(device)
+        sync(device)
         if done == 0:  # warm-up of the bare step, its FLOPs counted once
             self.flops = count_flops(lambda: bare_steps(engine, self.batches, 1))
             bare_steps(engine, self.batches, self.warmup - 1)
@@ -251,9 +257,9 @@ class InterleavedRounds:
             self.workflow_s.append((time.perf_counter() - self._start) / self.iterations)
             start = time.perf_counter()
             bare_steps(engine, self.batches, self.iterations)
-            _sync(device)
+            sync(device)
             self.bare_s.append((time.perf_counter() - start) / self.iterations)
-        _sync(device)
+        sync(device)
         self._start = time.perf_counter()
 
 
@@ -332,7 +338,7 @@ def measure_training(
         the ``amp`` override (which nominal peak applies).
     """
     timer = InterleavedRounds([], rounds, iterations, warmup)
-    wf = _workflow(config, {**overrides, "epochs": 1, "epoch_length": timer.total_iterations}, run_id)
+    wf = bundle_workflow(config, {**overrides, "epochs": 1, "epoch_length": timer.total_iterations}, run_id)
     trainer = wf.parser.get_parsed_content("train#trainer")
     device = torch.device(trainer.state.device)
     timer.batches = device_batches(wf.parser.get_parsed_content("train#dataloader"), iterations, device)
@@ -393,14 +399,14 @@ def measure_inference(
     os.makedirs(models, exist_ok=True)
     common = {**overrides, "ckpt_dir": models, "dataset#data": [{"image": image}]}
     # a freshly initialised network as the model file (no record: the config's settings)
-    network = _workflow("inference.yaml", {**common, "output_dir": os.path.join(folder, "init")}, initialize=False)
+    network = bundle_workflow("inference.yaml", {**common, "output_dir": os.path.join(folder, "init")}, initialize=False)
     torch.save(network.parser.get_parsed_content("network").state_dict(), os.path.join(models, "model.pt"))
     workflow_s: list[float] = []
     bare_s: list[float] = []
     plain_s: list[float] = []
     flops = 0
     for r in range(max(1, int(rounds))):
-        wf = _workflow("inference.yaml", {**common, "output_dir": os.path.join(folder, f"masks_{r}")})
+        wf = bundle_workflow("inference.yaml", {**common, "output_dir": os.path.join(folder, f"masks_{r}")})
         evaluator = wf.parser.get_parsed_content("evaluator")
         device = torch.device(evaluator.state.device)
         batch = device_batches(wf.parser.get_parsed_content("dataloader"), 1, device)[0]
@@ -408,21 +414,21 @@ def measure_inference(
         if r == 0:
             _reset_peak_memory(device)
             flops = count_flops(lambda e=evaluator: bare_forward(e, batch))
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         wf.run()
-        _sync(device)
+        sync(device)
         workflow_s.append(time.perf_counter() - start)
         wf.finalize()
         start = time.perf_counter()
         bare_forward(evaluator, batch)
-        _sync(device)
+        sync(device)
         bare_s.append(time.perf_counter() - start)
         if isinstance(evaluator.inferer, ForegroundSliceInferer):
             evaluator.inferer.crop = False  # the same inferer over every window
             start = time.perf_counter()
             bare_forward(evaluator, batch)
-            _sync(device)
+            sync(device)
             plain_s.append(time.perf_counter() - start)
             evaluator.inferer.crop = True
     out = summarise(workflow_s, bare_s, depth, flops, device, amp, "volume")
@@ -447,13 +453,13 @@ def measure_schedule(overrides: Mapping[str, Any], epochs: int, epoch_length: in
         the schedule to extrapolate to; one epoch of ``epoch_length`` iterations is run.
     """
     run = {**overrides, "epochs": 1, "epoch_length": int(epoch_length), "val_interval": 1, "save_interval": 1}
-    wf = _workflow("pretrain.yaml", run, run_id="training")
+    wf = bundle_workflow("pretrain.yaml", run, run_id="training")
     trainer = wf.parser.get_parsed_content("train#trainer")
     device = torch.device(trainer.state.device)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     wf.run()
-    _sync(device)
+    sync(device)
     epoch_s = time.perf_counter() - start
     iterations = int(trainer.state.iteration)
     wf.finalize()
@@ -579,7 +585,7 @@ def benchmark(
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if dataset_dir is None and {"pretraining", "finetuning", "schedule"} & set(parts):
-                dataset_dir, data_list_file_path = _demo_dataset(os.path.join(tmp, "data"), batch_size, image_size)
+                dataset_dir, data_list_file_path = demo_dataset(os.path.join(tmp, "data"), batch_size, image_size)
             training = {**common, "batch_size": int(batch_size), "val_interval": 1, "validate_voxels": False}
             if dataset_dir is not None:
                 datalist = data_list_file_path or os.path.join(dataset_dir, "datalist.json")
@@ -627,7 +633,7 @@ def benchmark(
     return results
 
 
-def _demo_dataset(folder: str, batch_size: int, image_size: int) -> tuple[str, str]:
+def demo_dataset(folder: str, batch_size: int, image_size: int) -> tuple[str, str]:
     """A demo dataset (``bundle.demo_data``) with enough training subjects for two batches: its folder and datalist."""
     from bundle.demo_data import ensure_demo_dataset
 

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from conftest import TINY_NET
@@ -30,7 +31,7 @@ def _recording_bare_steps(calls: list[dict[str, Any]]):
 
 def test_benchmark_speed_numbers_and_bare_finetuning_step(tiny_dataset, tmp_path: Path, monkeypatch):
     workflows: dict[str, list[Any]] = {}
-    make_workflow = benchmark_speed._workflow
+    make_workflow = benchmark_speed.bundle_workflow
 
     def workflow(config: str, *args: Any, **kwargs: Any) -> Any:
         wf = make_workflow(config, *args, **kwargs)
@@ -38,7 +39,7 @@ def test_benchmark_speed_numbers_and_bare_finetuning_step(tiny_dataset, tmp_path
         return wf
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(benchmark_speed, "_workflow", workflow)
+    monkeypatch.setattr(benchmark_speed, "bundle_workflow", workflow)
     monkeypatch.setattr(benchmark_speed, "bare_steps", _recording_bare_steps(calls))
     json_path = tmp_path / "speed.json"
     threads = torch.get_num_threads()
@@ -100,3 +101,20 @@ def test_benchmark_speed_numbers_and_bare_finetuning_step(tiny_dataset, tmp_path
     pre, schedule_run = workflows["pretrain.yaml"]  # the pre-training part's, then the schedule's (no bare steps)
     assert not any(c["trainer"] is schedule_run.parser.get_parsed_content("train#trainer") for c in calls)
     assert sum(c["count"] for c in calls if c["trainer"] is pre.parser.get_parsed_content("train#trainer")) == 2
+
+
+def test_benchmark_sampler_times_both_sources_of_each_workflow(tiny_dataset, capsys):
+    from scripts import benchmark_sampler
+
+    threads = torch.get_num_threads()
+    results = benchmark_sampler.benchmark(
+        batch_size=2, image_size=32, rounds=2, warmup=1, threads=1, overrides={"samples_per_subject": 2}, **tiny_dataset
+    )
+    assert set(results) == {"pretraining", "finetuning"} and torch.get_num_threads() == threads  # restored
+    for r in results.values():
+        assert r["per_sample_s_per_batch"] > 0 and r["batched_s_per_batch"] > 0
+        assert math.isclose(r["per_sample_over_batched"], r["per_sample_s_per_batch"] / r["batched_s_per_batch"])
+    printed = capsys.readouterr().out
+    assert "finetuning, batch 2 @ 32 (1 threads): per-sample chain" in printed and "per_sample_over_batched" in printed
+    with pytest.raises(ValueError, match=r"unknown parts \['inference'\]"):
+        benchmark_sampler.benchmark(parts=["inference"], **tiny_dataset)

@@ -15,6 +15,7 @@ from monai.transforms import Compose, Rotate
 
 from bundle import batch_augmentation, device_data
 from bundle.batch_augmentation import BatchAugmentation
+from bundle.demo_data import generate_demo_dataset
 from bundle.device_data import LabelSliceSampler, PairedSliceSampler
 from conftest import config_path, make_workflow, run_workflow, scratch_finetune_overrides, tiny_overrides
 
@@ -169,6 +170,56 @@ def test_finetuning_sampler_balances_positives_and_negatives_like_the_config_cha
         LabelSliceSampler(volumes, 8, 4, "cpu", pos=0, neg=0)
 
 
+def _windowed_volumes() -> list[dict]:
+    """Fine-tuning volumes larger in-plane than the SIZE window, of three sizes; every image voxel holds its own
+    code ((subject * 16 + slice) * 64 + row) * 64 + column, so a window tells where it was cut from."""
+    volumes = []
+    for s, (h, w, depth) in enumerate(((40, 48, 6), (SIZE + 4, SIZE, 5), (SIZE, 45, 4))):
+        z, y, x = torch.meshgrid(torch.arange(depth), torch.arange(h), torch.arange(w), indexing="ij")
+        code = (((s * 16 + z) * 64 + y) * 64 + x).permute(1, 2, 0).float()
+        label = torch.zeros(1, h, w, depth, dtype=torch.uint8)
+        label[0, h - 6 : h - 1, 2:9, 1:3] = 1  # near a corner: its centres need moving inwards
+        label[0, 10:14, w - 3 :, 3] = 2
+        volumes.append({"image": code[None], "label": label})
+    return volumes
+
+
+def _window_origin(window: torch.Tensor) -> tuple[int, int, int, int]:
+    """(subject, slice, row, column) of a window's first voxel (``_windowed_volumes``' codes)."""
+    code = int(window[0, 0].round())
+    return code // (16 * 64 * 64), code // (64 * 64) % 16, code // 64 % 64, code % 64
+
+
+def test_finetuning_sampler_crops_windows_like_the_config_chain():
+    volumes = _windowed_volumes()
+    cropper = _config_crop(_config_transforms("train.yaml", "train#crop_transforms"), "RandCropByPosNegLabeld", 1200)
+    host = []
+    for v in volumes:
+        cropper.randomize(label=v["label"].float())
+        host.append([(int(c[2]), int(c[0]) - SIZE // 2, int(c[1]) - SIZE // 2) for c in cropper.centers])
+    sampler = LabelSliceSampler(volumes, 8, 4, "cpu", pos=1, neg=1, seed=1, spatial_size=(SIZE, SIZE))
+    drawn = {s: [] for s in range(3)}
+    for _ in range(300):
+        for batch in sampler:
+            assert batch["image"].shape[1:] == (1, SIZE, SIZE) == batch["label"].shape[1:]
+            for image, label in zip(batch["image"][:, 0], batch["label"][:, 0]):
+                s, z, y, x = _window_origin(image)
+                volume = volumes[s]
+                # a whole window of one slice of the subject's own voxels (never the padding), label aligned
+                assert torch.equal(image, volume["image"][0, y : y + SIZE, x : x + SIZE, z])
+                assert torch.equal(label, volume["label"][0, y : y + SIZE, x : x + SIZE, z].float())
+                drawn[s].append((z, y, x))
+    for s in range(3):
+        assert len(drawn[s]) == 1200
+        for axis in range(3):  # slice, row and column of the window: the same distributions as MONAI's
+            p = _distribution([c[axis] for c in host[s]])
+            q = _distribution([c[axis] for c in drawn[s]])
+            assert _total_variation(p, q) < 0.08, (s, axis, p, q)  # sampling noise at 1200 draws: about 0.05
+    assert {y for _, y, _ in drawn[0]} == set(range(40 - SIZE + 1))  # every row the window can start at
+    with pytest.raises(ValueError, match=r"fine-tuning volume 1 is \(36, 32\) in-plane, smaller than the \(40, 40\)"):
+        LabelSliceSampler(volumes, 8, 4, "cpu", spatial_size=(40, 40))
+
+
 @pytest.mark.parametrize("mode,padding", [("bilinear", "border"), ("nearest", "zeros")])
 def test_batched_rotation_equals_monai_rotate(mode, padding):
     x = torch.rand(2, 1, SIZE, SIZE + 4, generator=torch.Generator().manual_seed(0))
@@ -233,8 +284,8 @@ def test_device_cache_decision(monkeypatch):
     full = CacheDataset(_paired_volumes(), Compose([]), progress=False)
     assert len(device_data.device_volumes("auto", "cpu", full, ["t1", "t2"])) == 5
     assert len(device_data.device_volumes("auto", "cpu", full, ["t1", "t2"], in_plane=(SIZE, SIZE))) == 5
-    # volumes larger in-plane than image_size (a real brain; fine-tuning crops its windows per sample): the batched
-    # sampler would draw whole slices, so auto keeps the per-sample loader and True is refused, naming the sizes
+    # pre-training's sampler draws whole cached slices: volumes of another in-plane size than image_size keep the
+    # per-sample loader under auto and are refused under True, naming the sizes
     mixed = _paired_volumes()
     mixed[1] = {k: torch.cat([v, v[:, :7]], dim=1) for k, v in mixed[1].items()}
     mixed_cache = CacheDataset(mixed, Compose([]), progress=False)
@@ -289,10 +340,16 @@ def test_pretraining_with_device_cache_completes_and_resume_restores_the_sampler
     assert torch.equal(output["a"], expected[1]["t1"]) and torch.equal(output["b"], expected[1]["t2"])
 
 
-def test_finetuning_with_device_cache_completes(tiny_dataset, tmp_path):
-    overrides = scratch_finetune_overrides(tiny_dataset, tmp_path / "models", tmp_path / "out", device_cache=True)
+def test_finetuning_with_device_cache_completes(tmp_path):
+    # 48x48 heads cropped to their foreground (wider than the 32x32 windows, of several sizes): the sampler crops
+    dataset = {"dataset_dir": str(tmp_path / "data")}
+    dataset["data_list_file_path"] = generate_demo_dataset(dataset["dataset_dir"], 6, 1, shape=(48, 48, 16), seed=0)
+    overrides = scratch_finetune_overrides(dataset, tmp_path / "models", tmp_path / "out", device_cache=True,
+                                           image_size=32)
     wf = run_workflow(config_path("train.yaml"), overrides)
-    assert isinstance(wf.parser.get_parsed_content("train#dataloader"), LabelSliceSampler)
+    sampler = wf.parser.get_parsed_content("train#dataloader")
+    assert isinstance(sampler, LabelSliceSampler) and sampler.crop and sampler.window == (32, 32)
+    assert len(sampler.extent.unique(dim=0)) > 1 and next(iter(sampler))["image"].shape == (4, 1, 32, 32)
     assert wf.parser.get_parsed_content("train#trainer").state.iteration == 2
     assert os.path.isfile(tmp_path / "models" / "model.pt")
     assert json.load(open(tmp_path / "models" / "run_config.json"))["settings"]["device_cache"] is True
