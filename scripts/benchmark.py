@@ -12,14 +12,14 @@ in-process through ``monai.bundle.ConfigWorkflow``).
     python scripts/benchmark.py --output_dir /tmp/bench --dataset_dir D --data_list_file_path D/datalist.json \\
         --modalities "['flair','t2']" --preset brats
 
-For each pre-training variant (``multi_condos`` and the ablations ``no_contrastive``, ``no_sharing``,
-``pix2pix_only``, ``cyclegan_only``) one pre-training per pre-training seed (``--pretrain_seeds``, default ``[0]``)
+For each pre-training variant (``multi_condos``, the ablations ``no_contrastive``, ``no_sharing``, ``pix2pix_only``,
+``cyclegan_only``, and the location-level contrastive options ``local_contrastive`` / ``both_contrastive``) one pre-training per pre-training seed (``--pretrain_seeds``, default ``[0]``)
 is run and reused for every fraction and fine-tuning seed; each variant (from each of its pre-trainings) and the
 ``scratch`` baseline (no pre-training seed) are then fine-tuned at every label fraction and fine-tuning seed (the
 same seeded, nested, subject-level splits and the same recipe for every method) and evaluated on the datalist's
 ``testing`` subjects. A fine-tuning job is (method, pre-training seed, fraction, fine-tuning seed).
 
-Grids: the default (all six methods, fractions ``[0.05, 0.1, 0.5, 1.0]``, fine-tuning seeds ``[0, 1, 2]``, one
+Grids: the default (all eight methods, fractions ``[0.05, 0.1, 0.5, 1.0]``, fine-tuning seeds ``[0, 1, 2]``, one
 pre-training seed, the configs' schedules: a GPU job), ``--quick True`` (3 methods x 3 fractions x 1 seed, short
 schedules, < 20 min on 2 CPU cores), and ``--grid cpu``: full Multi-ConDoS, ``no_contrastive`` and scratch x
 ``[0.05, 0.1, 0.5, 1.0]`` x 2 pre-training seeds x 3 fine-tuning seeds (4 pre-trainings of 6 x 25 iterations, 60
@@ -94,8 +94,9 @@ def main(
     Args:
         output_dir: where everything is written (required; not inside the repository).
         dataset_dir, data_list_file_path, modalities: the data (default: the embedded demo dataset, [t1, t2]).
-        variants: methods among multi_condos, no_contrastive, no_sharing, pix2pix_only, cyclegan_only, scratch
-            (default: all six; --quick: multi_condos, scratch, no_contrastive; --grid cpu: multi_condos,
+        variants: methods among multi_condos, no_contrastive, no_sharing, pix2pix_only, cyclegan_only, local_contrastive,
+            both_contrastive, scratch
+            (default: all eight; --quick: multi_condos, scratch, no_contrastive; --grid cpu: multi_condos,
             no_contrastive, scratch).
         fractions: label fractions (default and --grid cpu [0.05, 0.1, 0.5, 1.0]; --quick: [0.1, 0.5, 1.0]).
         seeds: fine-tuning seeds (default and --grid cpu [0, 1, 2]; --quick: [0]).

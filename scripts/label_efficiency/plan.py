@@ -40,6 +40,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "no_sharing": ("w/o domain sharing (shared_blocks=[])", {"shared_blocks": []}),
     "pix2pix_only": ("Pix2Pix only (λ_cyc=0)", {"lambda_cycle": 0.0}),
     "cyclegan_only": ("CycleGAN only (λ_pix=0)", {"lambda_pix2pix": 0.0}),
+    "local_contrastive": ("dense contrastive (contrastive=local)", {"contrastive": "local"}),
+    "both_contrastive": ("subject + dense contrastive (contrastive=both)", {"contrastive": "both"}),
     "scratch": ("scratch (random init.)", None),
 }
 DEFAULT_VARIANTS: tuple[str, ...] = tuple(VARIANTS)

@@ -215,15 +215,15 @@ def _pretraining_table(pretrains: Pretrains) -> list[str]:
         "(A vs B). Loss columns: raw value × weight = contribution to the generator loss.",
         "",
         "| variant | seed | PSNR A→B | PSNR B→A | PSNR identity | MAE A→B | MAE identity | adversarial | cycle "
-        "| pix2pix | contrastive | iterations | wall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pix2pix | contrastive | local contrastive | iterations | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (variant, pretrain_seed), p in sorted(
         pretrains.items(), key=lambda kv: (list(VARIANTS).index(kv[0][0]), kv[0][1])
     ):
         v, losses, weights = p.get("validation", {}), p.get("losses", {}), p.get("weights", {})
         loss_cells = []
-        for term in ("adversarial", "cycle", "pix2pix", "contrastive"):
+        for term in ("adversarial", "cycle", "pix2pix", "contrastive", "local_contrastive"):
             raw, w = losses.get(term), weights.get(term)
             if raw is None:
                 loss_cells.append("—")
