@@ -41,6 +41,7 @@ LOSS_WEIGHTS = {
     "cycle": "lambda_cycle",
     "pix2pix": "lambda_pix2pix",
     "contrastive": "lambda_contrastive",
+    "local_contrastive": "lambda_local_contrastive",
     "identity": "lambda_identity",
 }
 #: run paths and the dataset location are not part of a run's settings (the resume check compares the rest)
