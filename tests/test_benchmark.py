@@ -472,6 +472,13 @@ def test_fake_grid_reports_and_resume(tiny_dataset, tmp_path):
     )
     assert len(runner.calls) == calls and len(rows3) == 12
     assert sum("not finished (report only)" in line for line in lines3) == 6
+    # the device line is the runs' (benchmark_config.json), not the report process's
+    config = json.loads((out / "benchmark_config.json").read_text())
+    assert f"- device: {config['device']};" in (out / "results.md").read_text()
+    config["device"] = "cpu (7 threads)"
+    (out / "benchmark_config.json").write_text(json.dumps(config))
+    _fake_benchmark(tiny_dataset, out, runner, finetune_overrides={"epochs": 1}, seeds=[0, 1, 2], report_only=True)
+    assert "- device: cpu (7 threads);" in (out / "results.md").read_text()
     assert "| 0.705 ± 0.007 (n=2) |" in (out / "results.md").read_text()
     # finished runs with other settings are not silently mixed in
     with pytest.raises(plan.BenchmarkError, match="other settings"):

@@ -178,8 +178,14 @@ def run_benchmark(
     if not setup.test_subjects:
         raise BenchmarkError(f"{data_list_file_path} has no 'testing' records: the benchmark evaluates on them.")
     info = _run_info(setup, common, chosen, bool(quick), grid, command)
+    recorded = os.path.join(output_dir, "benchmark_config.json")
     if not report_only:
-        _write_json(info, os.path.join(output_dir, "benchmark_config.json"))
+        _write_json(info, recorded)
+    else:  # the device the runs had (written by the invocation that ran them), not the report process's threads
+        info["device"] = (
+            read_json(recorded).get("device", info["device"]) if os.path.isfile(recorded)
+            else f"unknown (no benchmark_config.json; this report process: {info['device']})"
+        )
     progress_log = os.path.join(output_dir, "progress.log")
 
     def say(text: str) -> None:
