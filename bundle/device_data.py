@@ -143,7 +143,7 @@ def device_volumes(
     Decide whether the training volumes go on ``device`` (and log the decision with the memory estimate); return
     them (the cached, compact volumes, on the host) if so, ``None`` if not.
 
-    ``auto`` also holds on a CPU: there the per-sample chain costs 9-22x the batched sampler (module docstring) and
+    ``auto`` also holds on a CPU: there the per-sample chain costs 8-54x the batched sampler (module docstring) and
     made the fine-tuning workflow 1.16x its bare step (``scripts/benchmark_speed.py``, 2 threads, batch 8, 64x64),
     while the stacked volumes take no more host memory than the memory cache they are stacked from. A dataset whose
     volumes are not all in a memory cache (``cache: disk | none``, ``cache_rate`` below 1) keeps the per-sample
