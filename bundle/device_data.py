@@ -438,6 +438,10 @@ class LabelSliceSampler(_DeviceSampler):
         # each slice's own in-plane extent (the rest is padding)
         self.extent = torch.tensor(extents, dtype=torch.long).repeat_interleave(torch.tensor(depths), 0).to(self.device)
         self.crop = any(extent != self.window for extent in extents)
+        # the window's size and its row / column offsets, made once: no host-to-device copy per batch
+        self.window_size = torch.tensor(self.window, dtype=torch.long, device=self.device)
+        self.window_rows = torch.arange(self.window[0], device=self.device).view(1, -1, 1)
+        self.window_cols = torch.arange(self.window[1], device=self.device).view(1, 1, -1)
         positive = (self.images[label_key] > 0).flatten(1).sum(1)
         self.pos_prefix, self.neg_prefix = _prefix(positive), _prefix(self.extent.prod(1) - positive)
         self.pos_ratio = float(pos) / (float(pos) + float(neg))
@@ -474,12 +478,10 @@ class LabelSliceSampler(_DeviceSampler):
         k = torch.minimum((v.view(-1, 1) * count).long(), (count - 1).clamp(min=0)) + 1
         flat = torch.searchsorted(cumulative, k).clamp(max=height * width - 1).squeeze(1)
         centre = torch.stack([flat // width, flat % width], 1)
-        window = torch.tensor(self.window, device=self.device)
-        low = window // 2
-        centre = torch.minimum(torch.maximum(centre, low), extent - window + low)
-        start = centre - low
-        ys = (start[:, 0, None] + torch.arange(self.window[0], device=self.device)).view(-1, self.window[0], 1)
-        xs = (start[:, 1, None] + torch.arange(self.window[1], device=self.device)).view(-1, 1, self.window[1])
+        low = self.window_size // 2
+        start = torch.minimum(torch.maximum(centre, low), extent - self.window_size + low) - low
+        ys = start[:, 0, None, None] + self.window_rows
+        xs = start[:, 1, None, None] + self.window_cols
         slices = index.view(-1, 1, 1)
         return {k: self.images[k][slices, ys, xs].unsqueeze(1).float() for k in self.keys}
 

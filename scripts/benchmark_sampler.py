@@ -115,26 +115,28 @@ def benchmark(
     if threads:
         torch.set_num_threads(int(threads))
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        if dataset_dir is None:
-            dataset_dir, data_list_file_path = demo_dataset(os.path.join(tmp, "data"), batch_size, image_size)
-        for part in parts:
-            config, run_id = PARTS[part]
-            files = [config] + ([f"{preset}.yaml"] if preset else [])
-            wf = bundle_workflow(files, {
-                "bundle_root": ROOT, "dataset_dir": dataset_dir, "ckpt_dir": os.path.join(tmp, part),
-                "data_list_file_path": data_list_file_path or os.path.join(dataset_dir, "datalist.json"),
-                "output_dir": os.path.join(tmp, f"{part}_out"), "batch_size": int(batch_size),
-                "image_size": int(image_size), "device_cache": True, "pretrained_ckpt": None, **(overrides or {}),
-            }, run_id)
-            results[part] = r = time_sources(wf, int(rounds), int(warmup))
-            print(
-                f"{part}, batch {batch_size} @ {image_size} ({torch.get_num_threads()} threads): per-sample chain "
-                f"{r['per_sample_s_per_batch'] * 1000:.2f} ms/batch, batched sampler "
-                f"{r['batched_s_per_batch'] * 1000:.2f} ms/batch, per_sample_over_batched "
-                f"{r['per_sample_over_batched']:.1f} (median of {rounds})"
-            )
-    torch.set_num_threads(previous_threads)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if dataset_dir is None:
+                dataset_dir, data_list_file_path = demo_dataset(os.path.join(tmp, "data"), batch_size, image_size)
+            for part in parts:
+                config, run_id = PARTS[part]
+                files = [config] + ([f"{preset}.yaml"] if preset else [])
+                wf = bundle_workflow(files, {
+                    "bundle_root": ROOT, "dataset_dir": dataset_dir, "ckpt_dir": os.path.join(tmp, part),
+                    "data_list_file_path": data_list_file_path or os.path.join(dataset_dir, "datalist.json"),
+                    "output_dir": os.path.join(tmp, f"{part}_out"), "batch_size": int(batch_size),
+                    "image_size": int(image_size), "device_cache": True, "pretrained_ckpt": None, **(overrides or {}),
+                }, run_id)
+                results[part] = r = time_sources(wf, int(rounds), int(warmup))
+                print(
+                    f"{part}, batch {batch_size} @ {image_size} ({torch.get_num_threads()} threads): per-sample chain "
+                    f"{r['per_sample_s_per_batch'] * 1000:.2f} ms/batch, batched sampler "
+                    f"{r['batched_s_per_batch'] * 1000:.2f} ms/batch, per_sample_over_batched "
+                    f"{r['per_sample_over_batched']:.1f} (median of {rounds})"
+                )
+    finally:
+        torch.set_num_threads(previous_threads)
     return results
 
 
