@@ -268,6 +268,8 @@ def main(
     scratch: bool = True,
     contrastive: str = "global",
     copy_data_to: str | None = None,
+    pretrain_overrides: Mapping[str, Any] | None = None,
+    finetune_overrides: Mapping[str, Any] | None = None,
     verbose: bool = False,
 ) -> list[dict[str, Any]]:
     """
@@ -282,6 +284,8 @@ def main(
         scratch: also fine-tune from scratch (the baseline).
         contrastive: the pre-training's ``contrastive`` (``global``, ``local`` or ``both``).
         copy_data_to: first copy FLAIR, T2 and seg to this (ignored) folder and read them from there.
+        pretrain_overrides, finetune_overrides: config ids set on top of the scale's, e.g. a shorter schedule
+            ``"{'epochs': 20}"``; recorded in each run's settings like every other override.
         verbose: workflow logs on the console instead of the runs' log files.
 
     Returns:
@@ -301,7 +305,11 @@ def main(
     _say(f"{len(datalist['training'])} training, {len(datalist['validation'])} validation, "
          f"{len(datalist['testing'])} testing subjects; scale {scale}; outputs in {out}")
     runner = BundleRunner(ROOT, verbose=verbose, preset="brats")
-    cfg = SCALES[scale]
+    cfg = {
+        "common": SCALES[scale]["common"],
+        "pretrain": {**SCALES[scale]["pretrain"], **(pretrain_overrides or {})},
+        "finetune": {**SCALES[scale]["finetune"], **(finetune_overrides or {})},
+    }
     pretrainings = [
         pretrain(runner, data, cfg, os.path.join(out, "pretrain", f"seed_{p}"), int(p), {"contrastive": contrastive})
         for p in pretrain_seeds
