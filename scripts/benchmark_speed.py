@@ -375,7 +375,9 @@ def measure_inference(
     round a fresh workflow (initialised untimed) is run, then its evaluator's forward (``bare_forward``) on the
     workflow's preprocessed volume already on the device. The warm-up is one bare forward of the whole volume under
     ``FlopCounterMode`` (with ``foreground_only`` the inferer runs only the foreground's box, so slices differ).
-    Each round also times the bare forward over every window of every slice (the inferer's ``crop`` off) when the
+    ``preprocess_s_per_volume`` is the median time of the workflow's loader alone (reading the volume, the
+    preprocessing chain, the copy to the device): the part of the workflow's time outside the network that comes
+    before it. Each round also times the bare forward over every window of every slice (the inferer's ``crop`` off) when the
     configured inferer crops to the foreground (``bundle.inference.ForegroundSliceInferer``): ``crop_speedup`` is the
     median of the per-round ratios plain / cropped.
 
@@ -404,12 +406,16 @@ def measure_inference(
     workflow_s: list[float] = []
     bare_s: list[float] = []
     plain_s: list[float] = []
+    preprocess_s: list[float] = []
     flops = 0
     for r in range(max(1, int(rounds))):
         wf = bundle_workflow("inference.yaml", {**common, "output_dir": os.path.join(folder, f"masks_{r}")})
         evaluator = wf.parser.get_parsed_content("evaluator")
         device = torch.device(evaluator.state.device)
+        start = time.perf_counter()
         batch = device_batches(wf.parser.get_parsed_content("dataloader"), 1, device)[0]
+        sync(device)
+        preprocess_s.append(time.perf_counter() - start)
         depth = int(batch["image"].shape[-1])
         if r == 0:
             _reset_peak_memory(device)
@@ -432,6 +438,7 @@ def measure_inference(
             plain_s.append(time.perf_counter() - start)
             evaluator.inferer.crop = True
     out = summarise(workflow_s, bare_s, depth, flops, device, amp, "volume")
+    out["preprocess_s_per_volume"] = round(statistics.median(preprocess_s), 5)
     if plain_s:
         out["plain_bare_s_per_volume"] = round(statistics.median(plain_s), 5)
         out["crop_speedup"] = round(statistics.median(p / b for p, b in zip(plain_s, bare_s)), 4)
@@ -615,6 +622,10 @@ def benchmark(
                         f"{r['plain_bare_s_per_volume']:.4f} s for every window (plain SliceInferer), crop_speedup "
                         f"{r['crop_speedup']:.3f} (median of {r['rounds']} rounds)"
                     )
+                print(
+                    f"inference, loading and preprocessing alone (the workflow's loader, to the device): "
+                    f"{r['preprocess_s_per_volume']:.4f} s/volume (median of {r['rounds']} rounds)"
+                )
             if "schedule" in parts:
                 folders = {"ckpt_dir": os.path.join(tmp, "schedule"), "output_dir": os.path.join(tmp, "schedule_out")}
                 results["schedule"] = r = measure_schedule(

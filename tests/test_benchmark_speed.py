@@ -86,6 +86,9 @@ def test_benchmark_speed_numbers_and_bare_finetuning_step(tiny_dataset, tmp_path
     assert schedule["checkpoints"] == ["checkpoint_epoch=1.pt", "checkpoint_final.pt"]
     # foreground_only (the default): the inferer crops, and the plain SliceInferer's forward is timed beside it
     assert math.isfinite(written["inference"]["crop_speedup"]) and written["inference"]["plain_bare_s_per_volume"] > 0
+    # reading and preprocessing the volume is part of the workflow's time, and only a part of it
+    inference = written["inference"]
+    assert 0 < inference["preprocess_s_per_volume"] < inference["workflow_s_per_volume"]
 
     # the bare fine-tuning step is the iteration of the trainer train.yaml built, on its network, loss and optimizer,
     # and it trains that network
