@@ -12,11 +12,13 @@ and evaluation of each model on every held-out subject. The configs are the bund
     nice -n 10 python scripts/brats_dev.py --scale cpu                 # ~20 min on 2 CPU cores
     python scripts/brats_dev.py --scale gpu --seeds "[0,1,2]"         # one GPU
     python scripts/brats_dev.py --scale gpu --copy_data_to data/brats2018_dev   # the GPU machine: FLAIR, T2, seg only
+    python scripts/brats_dev.py --scale gpu --pretrain_overrides "{'epochs': 12}" --finetune_overrides "{'epochs': 8}"
 
 Scales: ``smoke`` (the slow test's: 32x32, tiny widths, 2 iterations), ``cpu`` (64x64, the paper's widths, 500
 pre-training and 500 fine-tuning iterations) and ``gpu`` (the preset's 160x160 and fine-tuning schedule; 60 x 200
 pre-training iterations, long enough for the translation to beat the identity mapping clearly: the script reports
-whether validation PSNR beats it by >= 3 dB). Pre-training batches hold at most one slice per subject, so the 5
+whether validation PSNR beats it by >= 3 dB). ``--pretrain_overrides`` / ``--finetune_overrides`` set config ids on
+top of a scale's (a bounded run; docs/results.md gives the one made on one GPU). Pre-training batches hold at most one slice per subject, so the 5
 training subjects allow batch 4 at every scale.
 
 Printed: per pre-training, the last validation PSNR of G_AB(FLAIR) vs T2 and G_BA(T2) vs FLAIR beside the identity
@@ -47,7 +49,7 @@ from bundle.datasets import prepare_datalist  # noqa: E402
 from scripts.label_efficiency.results import last_validation  # noqa: E402
 from scripts.label_efficiency.runner import BundleRunner  # noqa: E402
 
-__all__ = ["SCALES", "main"]
+__all__ = ["SCALES", "main", "scale_config"]
 
 #: the development folder beside the repository (see its SOURCE.md)
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "brats2018_dev")
@@ -82,6 +84,28 @@ RESULT_FIELDS = (
     "init", "labelled", "seed", "subject", "dice", "hd95", "precision", "sensitivity", "pred_voxels", "label_voxels",
     "labelled_subjects", "best_val_dice_epoch",
 )
+
+
+def scale_config(
+    scale: str, pretrain_overrides: Mapping[str, Any] | None = None, finetune_overrides: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """
+    The overrides of ``scale`` (``SCALES``) with ``pretrain_overrides`` and ``finetune_overrides`` on top of its
+    pre-training and fine-tuning ones.
+
+    Raises:
+        SystemExit: an unknown scale, or overrides that are not a mapping (e.g. a string Fire did not parse).
+    """
+    if scale not in SCALES:
+        raise SystemExit(f"ERROR: --scale must be one of {list(SCALES)}, got {scale!r}.")
+    for name, value in (("pretrain_overrides", pretrain_overrides), ("finetune_overrides", finetune_overrides)):
+        if value is not None and not isinstance(value, Mapping):
+            raise SystemExit(f"ERROR: --{name} must be a dict of config ids, e.g. \"{{'epochs': 20}}\", got {value!r}.")
+    return {
+        "common": dict(SCALES[scale]["common"]),
+        "pretrain": {**SCALES[scale]["pretrain"], **(pretrain_overrides or {})},
+        "finetune": {**SCALES[scale]["finetune"], **(finetune_overrides or {})},
+    }
 
 
 def _say(message: str) -> None:
@@ -291,8 +315,7 @@ def main(
     Returns:
         the per-run, per-subject rows of ``results.csv``.
     """
-    if scale not in SCALES:
-        raise SystemExit(f"ERROR: --scale must be one of {list(SCALES)}, got {scale!r}.")
+    cfg = scale_config(scale, pretrain_overrides, finetune_overrides)
     if not os.path.isdir(data_dir):
         raise SystemExit(f"ERROR: --data_dir {data_dir} not found (the BraTS 2018 development folder, see SOURCE.md).")
     out = check_output_dir(output_dir or os.path.join(ROOT, "outputs", "brats_dev", scale))
@@ -305,11 +328,6 @@ def main(
     _say(f"{len(datalist['training'])} training, {len(datalist['validation'])} validation, "
          f"{len(datalist['testing'])} testing subjects; scale {scale}; outputs in {out}")
     runner = BundleRunner(ROOT, verbose=verbose, preset="brats")
-    cfg = {
-        "common": SCALES[scale]["common"],
-        "pretrain": {**SCALES[scale]["pretrain"], **(pretrain_overrides or {})},
-        "finetune": {**SCALES[scale]["finetune"], **(finetune_overrides or {})},
-    }
     pretrainings = [
         pretrain(runner, data, cfg, os.path.join(out, "pretrain", f"seed_{p}"), int(p), {"contrastive": contrastive})
         for p in pretrain_seeds

@@ -576,3 +576,22 @@ def test_preset_is_merged_on_top_of_every_workflow(tiny_dataset, tmp_path):
     overrides = {"bundle_root": str(ROOT), **tiny_dataset, "ckpt_dir": str(tmp_path / "ckpt")}
     with pytest.raises(RuntimeError, match=r"(?s)brats\.yaml'\] failed .*missing key\(s\) \['flair'\]"):
         bundle_runner.pretrain(overrides, str(tmp_path / "log"))
+
+
+def test_brats_dev_overrides_go_on_top_of_the_scale():
+    """scripts/brats_dev.py: --pretrain_overrides / --finetune_overrides replace the scale's values for one workflow
+    only, leave SCALES untouched, and a bad scale or a non-dict override is refused naming it."""
+    from scripts import brats_dev
+
+    before = json.dumps(brats_dev.SCALES, sort_keys=True)
+    cfg = brats_dev.scale_config("gpu", {"epochs": 12, "val_interval": 5}, {"epochs": 8})
+    gpu = brats_dev.SCALES["gpu"]
+    assert cfg["pretrain"] == {**gpu["pretrain"], "epochs": 12, "val_interval": 5}
+    assert cfg["pretrain"]["epoch_length"] == gpu["pretrain"]["epoch_length"]
+    assert cfg["finetune"] == {"epochs": 8} and cfg["common"] == gpu["common"]
+    assert json.dumps(brats_dev.SCALES, sort_keys=True) == before
+    assert brats_dev.scale_config("cpu") == {k: dict(v) for k, v in brats_dev.SCALES["cpu"].items()}
+    with pytest.raises(SystemExit, match="--scale must be one of"):
+        brats_dev.scale_config("tpu")
+    with pytest.raises(SystemExit, match="--finetune_overrides must be a dict"):
+        brats_dev.scale_config("cpu", None, "epochs=8")
