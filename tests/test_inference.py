@@ -202,6 +202,22 @@ def test_monai_label_ids_parse_without_datalist_or_model(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("num_workers, expected", [(0, "cuda:1"), (2, "cpu")])
+def test_intensity_rule_runs_on_the_inference_device_unless_loader_workers(tmp_path, num_workers, expected):
+    """The volume moves to the inference device just before the intensity rule (a GPU normalises it, not the CPU);
+    with loader worker processes it stays on the CPU (CUDA cannot start in forked workers)."""
+    parser = ConfigParser()
+    parser.read_config(config_path("inference.yaml"))
+    parser.update({"bundle_root": str(tmp_path), "image_size": 32, "features": FEATURES, "num_workers": num_workers,
+                   "device": "$torch.device('cuda:1')"})
+    chain = parser.get_parsed_content("preprocessing").transforms
+    names = [type(t).__name__ for t in chain]
+    move = chain[names.index("ModalityIntensityd") - 1]
+    assert type(move).__name__ == "EnsureTyped" and list(move.keys) == ["image"]
+    assert torch.device(move.converter.device) == torch.device(expected)
+    assert names.index("LoadImaged") < names.index("Orientationd") < names.index("ModalityIntensityd")
+
+
 def test_earlier_masks_are_kept_unless_overwrite_and_a_record_names_the_model(model, overrides):
     import json
 
