@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from ignite.engine import Engine, Events
 
 from .files import atomic_write, atomic_write_json
@@ -127,8 +128,13 @@ class LossHistoryHandler(ValidationHistoryHandler):
     def row(self, engine: Engine) -> dict[str, Any]:
         losses = self.output_transform(engine.state.output)
         row: dict[str, Any] = {"epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration)}
-        row.update({name: float(value) for name, value in losses.items()})
+        row.update({name: float(_detached(value)) for name, value in losses.items()})
         return row
+
+
+def _detached(value: Any) -> Any:
+    """A loss as read for the record: a tensor without its graph (reading one that requires grad warns)."""
+    return value.detach() if isinstance(value, torch.Tensor) else value
 
 
 #: entries ``write_record`` adds itself (left out when a record is rewritten)

@@ -208,3 +208,20 @@ def test_losses_read_every_k_iterations_equal_those_read_every_iteration_and_res
         runs[k] = _rows(str(tmp_path / f"ft{k}_out" / "losses.csv"))
     assert sorted(runs[1]) == [1, 2, 3, 4] and sorted(runs[2]) == [2, 4]
     assert all(runs[2][i] == runs[1][i] for i in (2, 4))
+
+
+def test_loss_history_reads_a_loss_that_requires_grad_without_warning(tmp_path):
+    """Fine-tuning's output holds the loss with its graph (MONAI SupervisedTrainer): losses.csv gets its value, and
+    reading it raises no 'requires_grad ... to a scalar' warning."""
+    import warnings
+    from types import SimpleNamespace
+
+    from bundle.run_history import LossHistoryHandler
+
+    handler = LossHistoryHandler(str(tmp_path), output_transform=lambda x: {"loss": x["loss"]})
+    weight = torch.tensor(1.5, requires_grad=True)
+    engine = SimpleNamespace(state=SimpleNamespace(output={"loss": weight * 2}, epoch=1, iteration=3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        row = handler.row(engine)
+    assert row == {"epoch": 1, "iteration": 3, "loss": 3.0}
