@@ -377,9 +377,9 @@ def measure_inference(
     ``FlopCounterMode`` (with ``foreground_only`` the inferer runs only the foreground's box, so slices differ).
     ``preprocess_s_per_volume`` is the median time of the workflow's loader alone (reading the volume, the
     preprocessing chain, the copy to the device): the part of the workflow's time outside the network that comes
-    before it. Each round also times the bare forward over every window of every slice (the inferer's ``crop`` off) when the
-    configured inferer crops to the foreground (``bundle.inference.ForegroundSliceInferer``): ``crop_speedup`` is the
-    median of the per-round ratios plain / cropped.
+    before it. Each round also times the bare forward over every window of every slice (the inferer's ``crop``
+    off) when the configured inferer crops to the foreground (``bundle.inference.ForegroundSliceInferer``):
+    ``crop_speedup`` is the median of the per-round ratios plain / cropped.
 
     Parameters
     ----------

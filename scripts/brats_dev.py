@@ -18,8 +18,8 @@ Scales: ``smoke`` (the slow test's: 32x32, tiny widths, 2 iterations), ``cpu`` (
 pre-training and 500 fine-tuning iterations) and ``gpu`` (the preset's 160x160 and fine-tuning schedule; 60 x 200
 pre-training iterations, long enough for the translation to beat the identity mapping clearly: the script reports
 whether validation PSNR beats it by >= 3 dB). ``--pretrain_overrides`` / ``--finetune_overrides`` set config ids on
-top of a scale's (a bounded run; docs/results.md gives the one made on one GPU). Pre-training batches hold at most one slice per subject, so the 5
-training subjects allow batch 4 at every scale.
+top of a scale's (a bounded run; docs/results.md gives the one made on one GPU). Pre-training batches hold at most
+one slice per subject, so the 5 training subjects allow batch 4 at every scale.
 
 Printed: per pre-training, the last validation PSNR of G_AB(FLAIR) vs T2 and G_BA(T2) vs FLAIR beside the identity
 mapping (FLAIR vs T2); per fine-tuning, every held-out subject's Dice, HD95 (mm), precision, sensitivity and voxel
