@@ -346,3 +346,22 @@ def test_validation_and_inference_crop_to_the_foreground_with_foreground_only(fo
         inferer = parser.get_parsed_content(inferer_id, instantiate=True)
         assert isinstance(inferer, SliceInferer)
         assert isinstance(inferer, ForegroundSliceInferer) == foreground_only, config
+
+
+def test_channel_argmax_is_monai_asdiscrete_argmax():
+    from monai.data import MetaTensor
+    from monai.transforms import AsDiscreted, Orientationd
+
+    from bundle.transforms import ChannelArgmaxd
+
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 3, (4, 6, 5, 3), generator=generator).float()  # many ties between channels
+    affine = torch.diag(torch.tensor([-2.0, 1.0, 3.0, 1.0]))
+    pred = Orientationd(keys="pred", axcodes="RAS")({"pred": MetaTensor(values, affine=affine)})["pred"]
+    expected = AsDiscreted(keys="pred", argmax=True)({"pred": pred})["pred"]
+    out = ChannelArgmaxd(keys="pred")({"pred": pred})["pred"]
+    assert out.shape == (1, 6, 5, 3) and out.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(out.as_tensor(), expected.as_tensor(), rtol=0, atol=0)
+    torch.testing.assert_close(out.affine, expected.affine)
+    assert len(out.applied_operations) == len(expected.applied_operations) == 1  # Invertd can still undo them
+    assert out.applied_operations[0]["class"] == "Orientation"
