@@ -19,7 +19,7 @@ from .finite import finite_step
 from .losses import GeneratorLoss, lsgan_discriminator_loss
 from .networks import ImagePool, MultiConDoSGenerators, unwrap
 
-__all__ = ["LOSS_TERMS", "MultiConDoSTrainer", "TranslationEvaluator", "linear_decay_lambda"]
+__all__ = ["LOSS_TERMS", "MultiConDoSTrainer", "TranslationEvaluator", "amp_dtype", "linear_decay_lambda"]
 
 #: the loss terms logged by name for every iteration
 LOSS_TERMS: tuple[str, ...] = (
@@ -51,13 +51,21 @@ def linear_decay_lambda(total_epochs: int, decay_start_epoch: int) -> Callable[[
     return _factor
 
 
+def amp_dtype(device: torch.device | str) -> torch.dtype:
+    """
+    The autocast dtype of ``amp`` on ``device``: bf16 where supported (no loss scaling needed), else fp16 (CUDA
+    GPUs without bf16). MONAI's engines take it as ``amp_kwargs={"dtype": ...}`` (their default is fp16).
+    """
+    if torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
 def _autocast(device: torch.device, enabled: bool) -> Any:
-    """bf16 autocast where supported (no loss scaling needed), else fp16 on CUDA."""
+    """``amp_dtype`` autocast on ``device`` when ``enabled``."""
     if not enabled:
         return nullcontext()
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=amp_dtype(device))
 
 
 def _plain(

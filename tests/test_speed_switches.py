@@ -96,3 +96,27 @@ def test_compiled_finetuning_network_is_one_graph(tiny_dataset, tmp_path: Path):
     )
     graphs, breaks = _graphs_and_breaks(lambda: run_workflow(config_path("train.yaml"), overrides))
     assert breaks == 0 and graphs >= 1
+
+
+def test_amp_dtype_is_bf16_unless_the_gpu_lacks_it(monkeypatch):
+    from bundle.trainer import amp_dtype
+
+    assert amp_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert amp_dtype("cuda:0") == torch.float16 and amp_dtype(torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert amp_dtype("cuda:0") == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("config", "engines"),
+    [("train.yaml", ["train#trainer", "validate#evaluator"]), ("inference.yaml", ["evaluator"]), ("translate.yaml", ["evaluator"])],
+)
+def test_monai_engines_autocast_in_the_bundles_amp_dtype(tiny_dataset, tmp_path: Path, config, engines):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_path(config))
+    parser.update(scratch_finetune_overrides(tiny_dataset, tmp_path / "ckpt", tmp_path / "out", amp=True))
+    for engine in engines:
+        assert parser.get_parsed_content(f"{engine}#amp_kwargs") == {"dtype": torch.bfloat16}  # on a CPU
