@@ -6,6 +6,7 @@ pool."""
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -339,7 +340,8 @@ def trace_skipped_calls(module: nn.Module, enabled: bool = True) -> nn.Module:
     """
     dont_skip = getattr(torch._dynamo, "dont_skip_tracing", None)
     if enabled and dont_skip is not None:
-        module.forward = dont_skip(module.forward)  # type: ignore[method-assign]
+        # bound to the module as a method, so that a deep copy calls its own forward, not the original's
+        module.forward = types.MethodType(dont_skip(type(module).forward), module)  # type: ignore[method-assign]
     return module
 
 

@@ -3,6 +3,7 @@ compiled networks trace as one graph (no graph breaks, which would leave CUDA gr
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,8 @@ def test_basic_unet_traces_as_one_graph_only_with_skipped_calls_traced():
     traced.compile(backend="eager")
     assert _graphs_and_breaks(lambda: traced(x).sum().backward()) == (1, 0)
     torch.testing.assert_close(traced(x), reference)
+    copied = copy.deepcopy(trace_skipped_calls(BasicUNet(spatial_dims=2, in_channels=1, out_channels=2)))
+    assert copied.forward.__self__ is copied  # a deep copy runs its own weights
 
 
 def test_compiled_generator_pair_is_one_graph_with_unchanged_parameter_names():
