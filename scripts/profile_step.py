@@ -2,16 +2,18 @@
 # Licensed under the Apache License, Version 2.0
 """
 Where the time of one training step goes: the bare step (``trainer._iteration`` on batches already on the device, as
-in ``scripts/benchmark_speed.py``) timed at several batch sizes and profiled with ``torch.profiler``.
+in ``scripts/benchmark_speed.py``) and the workflow's iteration (batch, step and handlers), timed at several batch
+sizes and profiled with ``torch.profiler``.
 
     python scripts/profile_step.py --config pretrain.yaml --batch_sizes "[16, 64]" --image_size 160 --amp True
 
-Printed per batch size: seconds per step; the device's busy time per step (the sum of the kernels' times, which
-overlap little on one stream) and its fraction of the step (``busy_fraction``: near 1 the step is bound by the
-device's work, far below 1 by the host: Python, dispatch, kernel launches or waits); kernel launches and host-device
-synchronisations (``cudaStreamSynchronize``, ``cudaDeviceSynchronize``, device-to-host copies) per step; then the ops
-with the most device time and with the most host time. If the step's time barely grows with the batch, the host
-bounds it. On a CPU only the host columns are filled.
+Printed per batch size, for the bare step and for the workflow iteration: seconds per step; the device's busy time
+per step (the sum of the kernels' times, which overlap little on one stream) and its fraction of the step
+(``busy_fraction``: near 1 the step is bound by the device's work, far below 1 by the host: Python, dispatch, kernel
+launches or waits); kernel launches and host-device synchronisations (``cudaStreamSynchronize``,
+``cudaDeviceSynchronize``, device-to-host copies) per step; then the ops with the most device time and with the most
+host time. If the step's time barely grows with the batch, the host bounds it; what the workflow iteration adds to
+the bare step (launches, syncs, ops) is its overhead. On a CPU only the host columns are filled.
 """
 
 from __future__ import annotations
@@ -48,24 +50,8 @@ def _device_time_us(event: Any) -> float:
     return 0.0
 
 
-def profile_steps(trainer: Any, batches: Sequence[Any], steps: int) -> dict[str, Any]:
-    """
-    ``steps`` bare steps under ``torch.profiler``: per-step device busy time, launches, syncs, and the top ops.
-
-    Parameters
-    ----------
-    trainer
-        the workflow's trainer (its ``_iteration`` is the step).
-    batches
-        batches on the device, cycled.
-    steps
-        profiled steps.
-    """
-    device = torch.device(trainer.state.device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        bare_steps(trainer, batches, steps)
-        sync(device)
+def summarise_profile(prof: Any, steps: int) -> dict[str, Any]:
+    """Per-step device busy time, kernel launches, host syncs, device-to-host copies and the top ops of ``prof``."""
     events = prof.key_averages()
     kernels = [e for e in events if e.device_type is not None and "cuda" in str(e.device_type).lower()]
     busy_us = sum(_device_time_us(e) for e in kernels)
@@ -84,53 +70,88 @@ def profile_steps(trainer: Any, batches: Sequence[Any], steps: int) -> dict[str,
     }
 
 
+def _profiler(device: torch.device) -> Any:
+    """A ``torch.profiler.profile`` of the host and, on CUDA, the device."""
+    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else []))
+
+
 def profile_config(config: str, overrides: dict[str, Any], batch_size: int, steps: int, warmup: int) -> dict[str, Any]:
     """
-    Time and profile ``config``'s bare step at ``batch_size`` (overrides: data, folders, sizes) inside a run of the
-    workflow, after ``warmup`` workflow iterations and as many bare steps: as ``scripts/benchmark_speed.py`` does, so
-    that what ``run()`` sets up (MONAI's ``SupervisedTrainer`` creates its amp ``GradScaler`` there, without which its
-    step runs without autocast) is in place. The run is then stopped.
+    Time and profile ``config``'s bare step and its workflow iteration at ``batch_size`` (overrides: data, folders,
+    sizes) inside one run of the workflow, as ``scripts/benchmark_speed.py`` does, so that what ``run()`` sets up is
+    in place (MONAI's ``SupervisedTrainer`` creates its amp ``GradScaler`` there, without which its step runs without
+    autocast): after ``warmup`` workflow iterations, ``warmup`` untimed and ``steps`` timed bare steps, ``steps``
+    profiled ones, then ``steps`` profiled workflow iterations (data, step and every handler); the run is then
+    stopped.
+
+    Returns
+    -------
+    dict
+        ``batch_size``, and ``bare`` and ``workflow``: each ``step_s``, ``busy_fraction`` and ``summarise_profile``'s
+        numbers.
     """
     from ignite.engine import Events
 
-    run = {**overrides, "batch_size": int(batch_size), "epochs": 1, "epoch_length": int(warmup) + 1}
+    run = {**overrides, "batch_size": int(batch_size), "epochs": 1, "epoch_length": int(warmup) + int(steps) + 1}
     wf = bundle_workflow(config, run, RUN_IDS[config])
     trainer = wf.parser.get_parsed_content("train#trainer")
     device = torch.device(trainer.state.device)
     batches = device_batches(wf.parser.get_parsed_content("train#dataloader"), 2, device)
     out: dict[str, Any] = {"batch_size": int(batch_size)}
+    running: dict[str, Any] = {}
 
-    def measure(engine: Any) -> None:
+    def bare(engine: Any) -> None:
         bare_steps(engine, batches, warmup)
         sync(device)
         start = time.perf_counter()
         bare_steps(engine, batches, steps)
         sync(device)
-        out["step_s"] = (time.perf_counter() - start) / steps
-        out.update(profile_steps(engine, batches, steps))
-        out["busy_fraction"] = out["busy_s_per_step"] / out["step_s"]
+        step_s = (time.perf_counter() - start) / steps
+        with _profiler(device) as prof:
+            bare_steps(engine, batches, steps)
+            sync(device)
+        out["bare"] = {"step_s": step_s, **summarise_profile(prof, steps)}
+        running["profiler"] = _profiler(device).__enter__()  # the next ``steps`` workflow iterations
+        running["start"] = time.perf_counter()
+
+    def workflow(engine: Any) -> None:
+        sync(device)
+        step_s = (time.perf_counter() - running["start"]) / steps
+        prof = running.pop("profiler")
+        prof.__exit__(None, None, None)
+        out["workflow"] = {"step_s": step_s, **summarise_profile(prof, steps)}
         engine.terminate()
 
-    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=int(warmup)), measure)
-    wf.run()
+    # after the workflow's own handlers: a profiled iteration includes all of them
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=int(warmup)), bare)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=int(warmup) + int(steps)), workflow)
+    try:
+        wf.run()
+    finally:
+        if "profiler" in running:
+            running.pop("profiler").__exit__(None, None, None)
     wf.finalize()
+    for part in ("bare", "workflow"):
+        out[part]["busy_fraction"] = out[part]["busy_s_per_step"] / out[part]["step_s"]
     return out
 
 
 def _print(config: str, r: dict[str, Any], device: str) -> None:
     """The printed lines of one batch size (the device columns on CUDA only)."""
-    line = f"{config}, batch {r['batch_size']}: {r['step_s']:.4f} s/step"
-    if r["busy_s_per_step"]:
-        line += (
-            f", device busy {r['busy_s_per_step']:.4f} s/step (busy_fraction {r['busy_fraction']:.2f}), "
-            f"{r['launches_per_step']:.0f} kernel launches/step, {r['syncs_per_step']:.1f} syncs/step, "
-            f"{r['copies_to_host_per_step']:.1f} device-to-host copies/step"
-        )
-    print(f"{line} ({device})")
-    for title, rows in (("device ms/step", r["top_device"]), ("host ms/step", r["top_host"])):
-        if title.startswith("device") and not r["busy_s_per_step"]:
-            continue  # no device activity profiled (CPU)
-        print(f"  top ops by {title}: " + "; ".join(f"{k} {ms:.2f} (x{n:.0f})" for k, ms, n in rows))
+    for part, name in (("bare", "bare step"), ("workflow", "workflow iteration")):
+        p = r[part]
+        line = f"{config}, batch {r['batch_size']}, {name}: {p['step_s']:.4f} s/step"
+        if p["busy_s_per_step"]:
+            line += (
+                f", device busy {p['busy_s_per_step']:.4f} s/step (busy_fraction {p['busy_fraction']:.2f}), "
+                f"{p['launches_per_step']:.0f} kernel launches/step, {p['syncs_per_step']:.1f} syncs/step, "
+                f"{p['copies_to_host_per_step']:.1f} device-to-host copies/step"
+            )
+        print(f"{line} ({device})")
+        for title, rows in (("device ms/step", p["top_device"]), ("host ms/step", p["top_host"])):
+            if title.startswith("device") and not p["busy_s_per_step"]:
+                continue  # no device activity profiled (CPU)
+            print(f"  top ops by {title}: " + "; ".join(f"{k} {ms:.2f} (x{n:.0f})" for k, ms, n in rows))
 
 
 def main(
@@ -158,7 +179,8 @@ def main(
     amp
         mixed precision (the configs' ``amp``).
     steps, warmup
-        timed and profiled steps, after ``warmup`` untimed workflow iterations and bare steps.
+        timed and profiled steps and workflow iterations, after ``warmup`` untimed workflow iterations and bare
+        steps.
     overrides
         further config ids, e.g. ``{'compile': True}``.
     dataset_dir, data_list_file_path

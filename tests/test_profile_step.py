@@ -23,16 +23,19 @@ def test_profile_counts_one_backward_per_convolution_per_step(tiny_dataset, caps
         **tiny_dataset,
     )
     (r,) = results
-    assert r["batch_size"] == 2 and r["step_s"] > 0
-    backward = {key: per_step for key, _, per_step in r["top_host"]}.get("aten::convolution_backward")
-    # BasicUNet (2-D) as configured: one weight gradient per convolution layer and step
+    assert r["batch_size"] == 2
     network = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=TINY_NET["features"])
     convolutions = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in network.modules())
-    assert backward == convolutions
+    # the bare step and the workflow iteration: one weight gradient per convolution layer and profiled step
+    for part in ("bare", "workflow"):
+        assert r[part]["step_s"] > 0
+        backward = {key: per_step for key, _, per_step in r[part]["top_host"]}.get("aten::convolution_backward")
+        assert backward == convolutions, part
     printed = capsys.readouterr().out
-    assert "train.yaml, batch 2:" in printed and "top ops by host ms/step" in printed
+    assert "train.yaml, batch 2, bare step:" in printed and "train.yaml, batch 2, workflow iteration:" in printed
+    assert "top ops by host ms/step" in printed
     if not torch.cuda.is_available():
-        assert r["busy_s_per_step"] == 0 and "device busy" not in printed
+        assert r["bare"]["busy_s_per_step"] == 0 and "device busy" not in printed
 
 
 def test_unknown_config_is_refused_before_any_work(tiny_dataset):
