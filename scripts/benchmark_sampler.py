@@ -11,7 +11,8 @@ The numbers behind ``bundle/device_data.py``'s docstring.
         --data_list_file_path <datalist.json> --parts "['finetuning']"
 
 The two sources are timed interleaved (one batch of each per round, ``--rounds`` rounds after ``--warmup``), so a
-shared machine's load falls on both; the median per batch and their ratio are printed. The training cache is filled
+shared machine's load falls on both; the median per batch and their ratio are printed, and the tensor operations the
+batched sampler dispatches per batch (each a kernel launch or a copy on a GPU, where the step is launch-bound). The training cache is filled
 first and not timed. Without ``--dataset_dir`` a demo dataset is generated in a temporary folder.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 
 import fire
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -41,6 +43,26 @@ PARTS: dict[str, tuple[str, str]] = {"pretraining": ("pretrain.yaml", "training"
 def _endless(loader: Any) -> Iterator[Any]:
     while True:
         yield from loader
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the ATen operations dispatched inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def dispatched_ops(source: Iterator[Any], batches: int = 4) -> float:
+    """The ATen operations (views included) that drawing one batch from ``source`` dispatches, averaged."""
+    with _OpCounter() as counter:
+        for _ in range(batches):
+            next(source)
+    return counter.count / batches
 
 
 def time_sources(wf: Any, rounds: int, warmup: int) -> dict[str, float]:
@@ -72,6 +94,7 @@ def time_sources(wf: Any, rounds: int, warmup: int) -> dict[str, float]:
                 times[name].append(time.perf_counter() - start)
     result = {f"{name}_s_per_batch": statistics.median(t) for name, t in times.items()}
     result["per_sample_over_batched"] = result["per_sample_s_per_batch"] / result["batched_s_per_batch"]
+    result["batched_ops_per_batch"] = dispatched_ops(sources["batched"])
     return result
 
 
@@ -132,8 +155,8 @@ def benchmark(
                 print(
                     f"{part}, batch {batch_size} @ {image_size} ({torch.get_num_threads()} threads): per-sample chain "
                     f"{r['per_sample_s_per_batch'] * 1000:.2f} ms/batch, batched sampler "
-                    f"{r['batched_s_per_batch'] * 1000:.2f} ms/batch, per_sample_over_batched "
-                    f"{r['per_sample_over_batched']:.1f} (median of {rounds})"
+                    f"{r['batched_s_per_batch'] * 1000:.2f} ms/batch ({r['batched_ops_per_batch']:.0f} tensor ops/batch), "
+                    f"per_sample_over_batched {r['per_sample_over_batched']:.1f} (median of {rounds})"
                 )
     finally:
         torch.set_num_threads(previous_threads)

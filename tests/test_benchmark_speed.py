@@ -117,7 +117,19 @@ def test_benchmark_sampler_times_both_sources_of_each_workflow(tiny_dataset, cap
     for r in results.values():
         assert r["per_sample_s_per_batch"] > 0 and r["batched_s_per_batch"] > 0
         assert math.isclose(r["per_sample_over_batched"], r["per_sample_s_per_batch"] / r["batched_s_per_batch"])
+        assert r["batched_ops_per_batch"] > 0
     printed = capsys.readouterr().out
+    assert "tensor ops/batch" in printed
     assert "finetuning, batch 2 @ 32 (1 threads): per-sample chain" in printed and "per_sample_over_batched" in printed
     with pytest.raises(ValueError, match=r"unknown parts \['inference'\]"):
         benchmark_sampler.benchmark(parts=["inference"], **tiny_dataset)
+
+
+def test_dispatched_ops_counts_the_tensor_operations_of_one_batch():
+    from scripts.benchmark_sampler import dispatched_ops
+
+    def batches():
+        while True:
+            yield torch.ones(4) * 2 + 1  # ones, mul, add
+
+    assert dispatched_ops(batches(), batches=3) == 3

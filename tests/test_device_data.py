@@ -221,13 +221,15 @@ def test_finetuning_sampler_crops_windows_like_the_config_chain():
 
 
 @pytest.mark.parametrize("mode,padding", [("bilinear", "border"), ("nearest", "zeros")])
-def test_batched_rotation_equals_monai_rotate(mode, padding):
-    x = torch.rand(2, 1, SIZE, SIZE + 4, generator=torch.Generator().manual_seed(0))
-    angle = torch.tensor([0.2, -0.25])
-    out = batch_augmentation._rotate(x, angle, torch.tensor([True, False]), mode, padding, False)
-    expected = Rotate(0.2, keep_size=True, mode=mode, padding_mode=padding, align_corners=False)(x[0])
-    torch.testing.assert_close(out[0], torch.as_tensor(expected), atol=1e-5, rtol=0)
-    assert torch.equal(out[1], x[1])  # not drawn: unchanged
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_batched_rotation_equals_monai_rotate(mode, padding, align_corners):
+    x = torch.rand(3, 1, SIZE, SIZE + 4, generator=torch.Generator().manual_seed(0))
+    angle = torch.tensor([0.2, -0.25, 0.3])
+    out = batch_augmentation._rotate(x, angle, torch.tensor([True, True, False]), mode, padding, align_corners)
+    for i in range(2):  # each sample with its own angle
+        rotate = Rotate(float(angle[i]), keep_size=True, mode=mode, padding_mode=padding, align_corners=align_corners)
+        torch.testing.assert_close(out[i], torch.as_tensor(rotate(x[i])), atol=1e-5, rtol=0)
+    assert torch.equal(out[2], x[2])  # not drawn: unchanged
 
 
 def _quadrant_means(x: torch.Tensor) -> torch.Tensor:
