@@ -22,8 +22,8 @@ class BatchAugmentation:
     A list of MONAI dictionary transforms applied to a batch ``{key: [B, C, H, W]}`` at once, each sample with its
     own random draw, as each transform would draw it per sample: ``RandFlipd``, 2-D ``RandRotated`` (``keep_size``;
     ``Rotate``'s rotation about the centre through ``affine_grid`` and ``grid_sample``, each key with its mode,
-    padding mode and ``align_corners``), ``RandScaleIntensityd`` and ``RandShiftIntensityd`` (not channel-wise). The parameters are
-    read from the transforms, so the config declares the augmentation once for both paths.
+    padding mode and ``align_corners``), ``RandScaleIntensityd`` and ``RandShiftIntensityd`` (not channel-wise). The
+    parameters are read from the transforms, so the config declares the augmentation once for both paths.
 
     Args:
         transforms: the transforms, in order.

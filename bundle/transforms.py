@@ -1,9 +1,9 @@
 # Copyright (c) multi-condos contributors
 # Licensed under the Apache License, Version 2.0
 """Dictionary transforms MONAI lacks: per-modality intensity rules (MRI, CT, PET), channel selection from 4-D
-multimodal files, a fast channel argmax, a multimodal foreground mask, padding with each modality's background, a cast that stays out of
-the cache, a deterministic choice of foreground slices (the fixed validation slices), a strict label-value
-mapping, and a NIfTI writer that keeps every spatial dimension of the input."""
+multimodal files, a fast channel argmax, a multimodal foreground mask, padding with each modality's background, a
+cast that stays out of the cache, a deterministic choice of foreground slices (the fixed validation slices), a
+strict label-value mapping, and a NIfTI writer that keeps every spatial dimension of the input."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ The numbers behind ``bundle/device_data.py``'s docstring.
         --data_list_file_path <datalist.json> --parts "['finetuning']"
 
 The two sources are timed interleaved (one batch of each per round, ``--rounds`` rounds after ``--warmup``), so a
-shared machine's load falls on both; the median per batch and their ratio are printed, and the tensor operations the
-batched sampler dispatches per batch (each a kernel launch or a copy on a GPU, where the step is launch-bound). The training cache is filled
+shared machine's load falls on both; the median per batch and their ratio are printed, and the tensor operations
+the batched sampler dispatches per batch (each a kernel launch or a copy on a GPU, where the step is launch-bound). The training cache is filled
 first and not timed. Without ``--dataset_dir`` a demo dataset is generated in a temporary folder.
 """
 
@@ -155,7 +155,8 @@ def benchmark(
                 print(
                     f"{part}, batch {batch_size} @ {image_size} ({torch.get_num_threads()} threads): per-sample chain "
                     f"{r['per_sample_s_per_batch'] * 1000:.2f} ms/batch, batched sampler "
-                    f"{r['batched_s_per_batch'] * 1000:.2f} ms/batch ({r['batched_ops_per_batch']:.0f} tensor ops/batch), "
+                    f"{r['batched_s_per_batch'] * 1000:.2f} ms/batch "
+                    f"({r['batched_ops_per_batch']:.0f} tensor ops/batch), "
                     f"per_sample_over_batched {r['per_sample_over_batched']:.1f} (median of {rounds})"
                 )
     finally:

@@ -71,7 +71,8 @@ def test_basic_unet_traces_as_one_graph_only_with_skipped_calls_traced():
     plain.compile(backend="eager")
     graphs, breaks = _graphs_and_breaks(lambda: plain(x).sum().backward())
     assert breaks > 0  # MONAI's up-sampling blocks call torch.jit.isinstance, which dynamo skips
-    traced = trace_skipped_calls(BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=TINY_NET["features"]))
+    traced = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=TINY_NET["features"])
+    trace_skipped_calls(traced)
     traced.load_state_dict(plain.state_dict())
     traced.compile(backend="eager")
     assert _graphs_and_breaks(lambda: traced(x).sum().backward()) == (1, 0)
@@ -113,7 +114,11 @@ def test_amp_dtype_is_bf16_unless_the_gpu_lacks_it(monkeypatch):
 
 @pytest.mark.parametrize(
     ("config", "engines"),
-    [("train.yaml", ["train#trainer", "validate#evaluator"]), ("inference.yaml", ["evaluator"]), ("translate.yaml", ["evaluator"])],
+    [
+        ("train.yaml", ["train#trainer", "validate#evaluator"]),
+        ("inference.yaml", ["evaluator"]),
+        ("translate.yaml", ["evaluator"]),
+    ],
 )
 def test_monai_engines_autocast_in_the_bundles_amp_dtype(tiny_dataset, tmp_path: Path, config, engines):
     from monai.bundle import ConfigParser
