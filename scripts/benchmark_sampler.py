@@ -34,10 +34,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from scripts.benchmark_speed import bundle_workflow, demo_dataset, sync  # noqa: E402
+from scripts.benchmark_speed import RUN_IDS, bundle_workflow, demo_dataset, sync  # noqa: E402
 
 #: part name -> (config, run id)
-PARTS: dict[str, tuple[str, str]] = {"pretraining": ("pretrain.yaml", "training"), "finetuning": ("train.yaml", "run")}
+PARTS: dict[str, tuple[str, str]] = {
+    "pretraining": ("pretrain.yaml", RUN_IDS["pretrain.yaml"]),
+    "finetuning": ("train.yaml", RUN_IDS["train.yaml"]),
+}
 
 
 def _endless(loader: Any) -> Iterator[Any]:

@@ -75,6 +75,9 @@ NOMINAL_PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "L40S": {"bf16": 362.1, "tf32": 183.0, "fp32": 91.6},
 }
 
+#: the run expression of each training config (``ConfigWorkflow``'s ``run_id``)
+RUN_IDS: dict[str, str] = {"pretrain.yaml": "training", "train.yaml": "run"}
+
 #: the sections of the results (and of ``parts``)
 PARTS: tuple[str, ...] = ("pretraining", "finetuning", "inference", "schedule")
 
@@ -460,7 +463,7 @@ def measure_schedule(overrides: Mapping[str, Any], epochs: int, epoch_length: in
         the schedule to extrapolate to; one epoch of ``epoch_length`` iterations is run.
     """
     run = {**overrides, "epochs": 1, "epoch_length": int(epoch_length), "val_interval": 1, "save_interval": 1}
-    wf = bundle_workflow("pretrain.yaml", run, run_id="training")
+    wf = bundle_workflow("pretrain.yaml", run, run_id=RUN_IDS["pretrain.yaml"])
     trainer = wf.parser.get_parsed_content("train#trainer")
     device = torch.device(trainer.state.device)
     sync(device)
@@ -601,12 +604,12 @@ def benchmark(
             if "pretraining" in parts:
                 folders = {"ckpt_dir": os.path.join(tmp, "pre"), "output_dir": os.path.join(tmp, "pre_out")}
                 pre = {**training, **folders, "channels_last": bool(channels_last)}
-                results["pretraining"] = measure_training("pretrain.yaml", pre, "training", **args)
+                results["pretraining"] = measure_training("pretrain.yaml", pre, RUN_IDS["pretrain.yaml"], **args)
                 print(_line(f"pre-training, batch {batch_size} @ {image_size}", results["pretraining"], "iteration"))
             if "finetuning" in parts:
                 folders = {"ckpt_dir": os.path.join(tmp, "fine"), "output_dir": os.path.join(tmp, "fine_out")}
                 fine = {**training, **folders, "pretrained_ckpt": None}
-                results["finetuning"] = measure_training("train.yaml", fine, "run", **args)
+                results["finetuning"] = measure_training("train.yaml", fine, RUN_IDS["train.yaml"], **args)
                 print(_line(f"fine-tuning, batch {batch_size} @ {image_size}", results["finetuning"], "iteration"))
             if "inference" in parts:
                 folder = os.path.join(tmp, "inference")

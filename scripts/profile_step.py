@@ -33,10 +33,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from scripts.benchmark_speed import bare_steps, bundle_workflow, demo_dataset, device_batches, sync  # noqa: E402
-
-#: run expression of each training config
-RUN_IDS: dict[str, str] = {"pretrain.yaml": "training", "train.yaml": "run"}
+from scripts.benchmark_speed import (  # noqa: E402
+    RUN_IDS,
+    bare_steps,
+    bundle_workflow,
+    demo_dataset,
+    device_batches,
+    sync,
+)
 
 #: host-side CUDA runtime calls that wait for the device
 SYNC_CALLS: tuple[str, ...] = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
