@@ -6,7 +6,6 @@ pool."""
 
 from __future__ import annotations
 
-import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,9 +23,6 @@ __all__ = [
     "ImagePool",
     "MultiConDoSGenerators",
     "ProjectionHead",
-    "maybe_compile",
-    "trace_skipped_calls",
-    "set_speed_switches",
     "TranslationGenerator",
     "share_blocks",
     "unwrap",
@@ -328,56 +324,6 @@ class DiscriminatorPair(nn.Module):
     def forward(self, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch logits of D_A on ``x_a`` and of D_B on ``x_b``."""
         return self._logits(self.d_a(x_a)), self._logits(self.d_b(x_b))
-
-
-def trace_skipped_calls(module: nn.Module, enabled: bool = True) -> nn.Module:
-    """
-    Let ``torch.compile`` trace ``module``'s forward without graph breaks at calls that dynamo skips on purpose (in
-    place, when ``enabled``): MONAI's ``BasicUNet`` up-sampling blocks call ``torch.jit.isinstance``, which dynamo
-    marks as skipped, so that each of them splits the graph (a 2-D ``BasicUNet``: 9 graphs and 8 breaks per forward;
-    the generator pair: 11 graphs, 10 breaks; with this: 1 graph each). ``torch._dynamo.dont_skip_tracing`` (when
-    this torch has it) traces into them instead. Parameter names and checkpoints are unchanged.
-    """
-    dont_skip = getattr(torch._dynamo, "dont_skip_tracing", None)
-    if enabled and dont_skip is not None:
-        # bound to the module as a method, so that a deep copy calls its own forward, not the original's
-        module.forward = types.MethodType(dont_skip(type(module).forward), module)  # type: ignore[method-assign]
-    return module
-
-
-def maybe_compile(
-    module: nn.Module, enabled: bool = False, backend: str = "inductor", mode: str | None = None
-) -> nn.Module:
-    """
-    ``module.compile(backend=backend, mode=mode)`` (in place: parameter names and checkpoints stay unchanged) when
-    ``enabled``, traced without the graph breaks of skipped calls (``trace_skipped_calls``);
-    ``mode="reduce-overhead"`` replays CUDA graphs. On torch 2.13 CPU the inductor backend fails on ``BasicUNet``'s
-    backward; ``aot_eager`` works there.
-    """
-    if enabled:
-        trace_skipped_calls(module)
-        module.compile(backend=backend, mode=mode)
-    return module
-
-
-def set_speed_switches(tf32: bool | None = None, cudnn_benchmark: bool = False) -> dict[str, Any]:
-    """
-    The process-wide switches that trade exactness for GPU speed: ``tf32`` (TF32 matmuls and convolutions on Ampere
-    and later; None leaves PyTorch's default: convolutions TF32, matmuls not) and ``cudnn_benchmark`` (cuDNN picks the
-    fastest, possibly non-deterministic, algorithm per shape). Call after ``monai.utils.set_determinism``, which
-    switches the benchmark off. Returns the values in effect.
-    """
-    if tf32 is not None:
-        torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
-        torch.backends.cudnn.allow_tf32 = bool(tf32)
-    torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
-    if cudnn_benchmark:
-        torch.backends.cudnn.deterministic = False
-    return {
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
-    }
 
 
 def unwrap(module: nn.Module) -> nn.Module:

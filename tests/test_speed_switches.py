@@ -1,4 +1,4 @@
-"""amp, channels_last and compile leave the pre-training step's results correct (a few steps, within tolerance);
+"""amp, channels_last, the group-norm kernel and compile leave the pre-training step's results correct (a few steps, within tolerance);
 compiled networks trace as one graph (no graph breaks, which would leave CUDA graphs little to capture)."""
 
 from __future__ import annotations
@@ -11,14 +11,18 @@ import torch
 from monai.networks.nets import BasicUNet
 from torch._dynamo.utils import counters
 
-from bundle.networks import MultiConDoSGenerators, maybe_compile, trace_skipped_calls
+from bundle.networks import MultiConDoSGenerators
+from bundle.speed import instance_norm_as_group_norm, maybe_compile, trace_skipped_calls
 from conftest import TINY_NET, build_trainer, config_path, paired_batches, run_workflow, scratch_finetune_overrides
 
 
 def _steps(n: int = 2, **kwargs) -> tuple[list[dict], dict]:
     batches = paired_batches(n_batches=n)
     compile_backend = kwargs.pop("compile_backend", None)
+    group_norm_kernel = kwargs.pop("group_norm_kernel", False)
     trainer = build_trainer(batches, **kwargs)
+    instance_norm_as_group_norm(trainer.generators, group_norm_kernel)
+    instance_norm_as_group_norm(trainer.discriminators, group_norm_kernel)
     if compile_backend:
         maybe_compile(trainer.generators, True, compile_backend)
         maybe_compile(trainer.discriminators, True, compile_backend)
@@ -38,6 +42,73 @@ def test_channels_last_gives_the_same_steps():
     _close(ref_losses, losses, 1e-4)
     for key, value in ref_state.items():
         torch.testing.assert_close(state[key], value, rtol=1e-3, atol=1e-3, msg=key)
+
+
+def _norms(module: torch.nn.Module, kind: type) -> list[torch.nn.Module]:
+    return list({id(m): m for m in module.modules() if isinstance(m, kind)}.values())
+
+
+def test_group_norm_kernel_gives_the_same_steps():
+    ref_losses, ref_state = _steps()
+    losses, state = _steps(group_norm_kernel=True)
+    _close(ref_losses, losses, 1e-4)
+    assert list(state) == list(ref_state)  # checkpoints keep their parameter names
+    for key, value in ref_state.items():  # Adam moves a conv bias before a norm (gradient ~0) by lr per step
+        torch.testing.assert_close(state[key], value, rtol=1e-3, atol=1e-3, msg=key)
+
+
+def test_instance_norm_as_group_norm_keeps_parameters_sharing_and_results():
+    generators = MultiConDoSGenerators(features=TINY_NET["features"], projection_dim=8)
+    with torch.no_grad():
+        for norm in _norms(generators, torch.nn.InstanceNorm2d):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    a, b = torch.randn(2, 1, 32, 32), torch.randn(2, 1, 32, 32)
+    instance_norms = _norms(generators, torch.nn.InstanceNorm2d)
+    parameters = dict(generators.named_parameters())
+    reference = generators(a, b)
+    generators.eval()
+    reference_eval = generators(a, b)
+    instance_norm_as_group_norm(generators.train())
+    group_norms = _norms(generators, torch.nn.GroupNorm)
+    assert not _norms(generators, torch.nn.InstanceNorm2d) and len(group_norms) == len(instance_norms)
+    assert all(g.num_groups == g.num_channels for g in group_norms)
+    assert all(parameters[name] is p for name, p in generators.named_parameters())  # the same tensors, names
+    shared = generators.shared_blocks[0]
+    assert getattr(generators.g_ab.unet, shared) is getattr(generators.g_ba.unet, shared)
+    assert not set(map(id, _norms(getattr(generators.g_ab.unet, shared), torch.nn.InstanceNorm2d)))
+    for key, value in reference.items():
+        torch.testing.assert_close(generators(a, b)[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    generators.eval()
+    for key, value in reference_eval.items():
+        torch.testing.assert_close(generators(a, b)[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_instance_norm_as_group_norm_leaves_running_statistics_and_switch_off_alone():
+    tracked = torch.nn.InstanceNorm2d(4, track_running_stats=True)  # eval mode uses running stats: not a group norm
+    module = torch.nn.Sequential(torch.nn.InstanceNorm2d(4), tracked)
+    assert instance_norm_as_group_norm(module, enabled=False)[0].__class__ is torch.nn.InstanceNorm2d
+    instance_norm_as_group_norm(module)
+    assert isinstance(module[0], torch.nn.GroupNorm) and not module[0].affine and module[1] is tracked
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_configs_run_instance_norms_as_group_norms_unless_switched_off(pretrain_overrides, train_overrides, enabled):
+    from monai.bundle import ConfigParser
+
+    for config, overrides, networks in (
+        ("pretrain.yaml", pretrain_overrides, ["generators", "discriminators"]),
+        ("train.yaml", train_overrides, ["network"]),
+    ):
+        parser = ConfigParser()
+        parser.read_config(config_path(config))
+        parser.update({**overrides, "group_norm_kernel": enabled})
+        for name in networks:
+            network = parser.get_parsed_content(name)
+            kinds = {type(m) for m in network.modules()}
+            assert (torch.nn.GroupNorm in kinds, torch.nn.InstanceNorm2d in kinds) == (enabled, not enabled), name
+        assert parser.get_parsed_content("run_settings")["group_norm_kernel"] is enabled
+        assert "group_norm_kernel" in parser.get_parsed_content("speed_ids")  # a resume may change it
 
 
 def test_amp_bf16_stays_close_to_fp32():
