@@ -33,7 +33,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from scripts.benchmark_speed import RUN_IDS, bare_steps, bundle_workflow, demo_dataset, device_batches, sync  # noqa: E402
+from scripts.benchmark_speed import (  # noqa: E402
+    RUN_IDS,
+    bare_steps,
+    bundle_workflow,
+    demo_dataset,
+    device_batches,
+    sync,
+)
 from scripts.profile_step import _profiler, summarise_profile  # noqa: E402
 
 

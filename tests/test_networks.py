@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from monai.networks.nets import BasicUNet
@@ -67,6 +69,37 @@ def test_generator_outputs_and_bottleneck():
     assert z.shape == (3, 4)
     # the wrapper's forward equals BasicUNet's own forward followed by tanh
     assert torch.allclose(y, torch.tanh(gens.g_ab.unet(x)), atol=1e-6)
+
+
+def _run(pair: MultiConDoSGenerators, a, b, flags: dict) -> tuple[dict, list[int]]:
+    """The pair's outputs (their gradients accumulated) and the batch size of each generator call."""
+    batches: list[int] = []
+    hooks = [g.register_forward_hook(lambda m, i, o: batches.append(i[0].shape[0])) for g in (pair.g_ab, pair.g_ba)]
+    out = pair(a, b, **flags)
+    sum(v.square().mean() for v in out.values()).backward()
+    for hook in hooks:
+        hook.remove()
+    return out, batches
+
+
+@pytest.mark.parametrize("flags", [{}, {"identity": True, "project_local": True}])
+def test_batched_cycle_gives_the_outputs_and_gradients_of_separate_calls(flags):
+    batched = MultiConDoSGenerators(features=FEATURES, projection_hidden=8, projection_dim=4, local_level="down_1")
+    separate = copy.deepcopy(batched)
+    separate.batch_cycle = False
+    a, b = torch.randn(3, 1, 32, 32), torch.randn(3, 1, 32, 32)
+    out, calls = _run(batched, a, b, flags)
+    reference, reference_calls = _run(separate, a, b, flags)
+    assert len(calls) == len(reference_calls) - 1 and 6 in calls  # G_AB once on a and fake_a
+    for key, value in reference.items():
+        torch.testing.assert_close(out[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for (name, p), q in zip(batched.named_parameters(), separate.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_batch_norm_keeps_the_generator_calls_separate():
+    assert not MultiConDoSGenerators(features=FEATURES, norm="batch").batch_cycle
+    assert MultiConDoSGenerators(features=FEATURES, norm=("group", {"num_groups": 2})).batch_cycle
 
 
 def test_projection_head_pools_globally():

@@ -1,5 +1,6 @@
-"""amp, channels_last, the group-norm kernel and compile leave the pre-training step's results correct (a few steps, within tolerance);
-compiled networks trace as one graph (no graph breaks, which would leave CUDA graphs little to capture)."""
+"""amp, channels_last, the group-norm kernel and compile leave the pre-training step's results correct (a few steps,
+within tolerance); compiled networks trace as one graph (no graph breaks, which would leave CUDA graphs little to
+capture)."""
 
 from __future__ import annotations
 
