@@ -297,6 +297,26 @@ def test_compare_rows_pairs_seeds_and_subjects():
     assert "Multi-ConDoS@5% vs scratch@50% | — | — | not in this grid" in text
 
 
+def test_compare_hd95_per_subject_and_refuse_an_unknown_metric():
+    rows = [
+        {**_subject_row("scratch", 0.1, s, {"s1": 0.5, "s2": 0.6}), "test_subject_hd95": {"s1": 9.0, "s2": 7.0}}
+        for s in (0, 1)
+    ]
+    rows += [
+        {
+            **_subject_row("multi_condos", 0.1, s, {"s1": 0.6, "s2": 0.7}, 0),
+            "test_subject_hd95": {"s1": 6.0, "s2": None},
+        }
+        for s in (0, 1)
+    ]
+    d = stats.compare(rows, ("multi_condos", 0.1), ("scratch", 0.1), metric="hd95")
+    assert d.n_subjects == 1 and d.mean == pytest.approx(-3.0)  # s2 has no HD95 (an empty mask): left out
+    assert stats.compare(rows, ("multi_condos", 0.1), ("scratch", 0.1)).mean == pytest.approx(0.1)
+    assert report.fmt_difference(d, 2) == "-3.00 [-3.00, -3.00]"
+    with pytest.raises(ValueError, match="hd95"):
+        stats.compare(rows, ("multi_condos", 0.1), ("scratch", 0.1), metric="iou")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # reading what a run wrote
 # ---------------------------------------------------------------------------------------------------------------
@@ -323,10 +343,11 @@ def test_results_read_the_validation_history_timing_and_subject_metrics(tmp_path
     )
     assert results.train_loop_seconds(str(log)) == pytest.approx(64.0)
     assert results.train_loop_seconds(str(tmp_path / "missing.txt")) is None
-    (tmp_path / "metrics.csv").write_text("subject,dice,iou\ns1,0.5,0.3\ns2,nan,nan\n")
+    (tmp_path / "metrics.csv").write_text("subject,dice,iou,hd95\ns1,0.5,0.3,4.5\ns2,nan,nan,nan\n")
     (tmp_path / "metrics_summary.json").write_text(json.dumps({"n_subjects": 2, "dice": {"mean": 0.5}}))
     metrics = results.read_test_metrics(str(tmp_path))
     assert metrics["test_subject_dice"] == {"s1": 0.5, "s2": None} and metrics["test_dice"] == 0.5
+    assert metrics["test_subject_hd95"] == {"s1": 4.5, "s2": None}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -360,9 +381,7 @@ class FakeRunner(runner.BundleRunner):
         with open(os.path.join(o["output_dir"], "losses.csv"), "w") as f:
             f.write("epoch,iteration,g_total,adversarial,cycle,pix2pix,contrastive\n2,4,5.0,0.5,0.03,0.02,2.0\n")
         with open(os.path.join(o["output_dir"], "pretrain_log.txt"), "w") as f:
-            f.write(
-                "x INFO: Epoch[1] Complete. Time taken: 00:00:30.000\n"
-            )
+            f.write("x INFO: Epoch[1] Complete. Time taken: 00:00:30.000\n")
 
     def finetune(self, o, log_file):
         from bundle.data import load_datalist
@@ -372,7 +391,9 @@ class FakeRunner(runner.BundleRunner):
         datalist = load_datalist(self.datalist_path, self.dataset_dir, ["t1", "label"])
         select_finetune_records(datalist, "t1", o["label_fraction"], 0.25, o["seed"], o["output_dir"])
         ckpt = o["pretrained_ckpt"]
-        init = {"kind": "scratch"} if ckpt is None else {"kind": "pretrained", "file": ckpt, "sha256": sha256_file(ckpt)}
+        init = (
+            {"kind": "scratch"} if ckpt is None else {"kind": "pretrained", "file": ckpt, "sha256": sha256_file(ckpt)}
+        )
         init = self.inits.get((o["label_fraction"], ckpt is None), init)
         os.makedirs(o["ckpt_dir"], exist_ok=True)
         torch.save({"w": torch.zeros(1)}, os.path.join(o["ckpt_dir"], "model.pt"))
@@ -390,7 +411,8 @@ class FakeRunner(runner.BundleRunner):
         with open(os.path.join(o["output_dir"], "metrics_summary.json"), "w") as f:
             json.dump(summary, f)
         with open(os.path.join(o["output_dir"], "metrics.csv"), "w") as f:
-            f.write(f"subject,dice\ndemo_008,{dice + 0.05}\ndemo_009,{dice - 0.05}\n")  # mean: dice
+            hd95 = 9.0 - 2.0 * o["label_fraction"] - (1.0 if o["pretrained_ckpt"] else 0.0)
+            f.write(f"subject,dice,hd95\ndemo_008,{dice + 0.05},{hd95}\ndemo_009,{dice - 0.05},nan\n")  # mean: dice
 
 
 def _fake_benchmark(tiny_dataset, out, runner, **kwargs):
@@ -452,6 +474,8 @@ def test_fake_grid_reports_and_resume(tiny_dataset, tmp_path):
     assert f"| scratch (random init.) | 0.655 ± {std} | 0.805 ± {std} |" in md
     assert "Multi-ConDoS@10% vs scratch@100% | — | — | not in this grid" in md  # fractions 0.5 and 1 only
     assert "| Multi-ConDoS | +0.050 [+0.050, +0.050] | +0.050 [+0.050, +0.050] |" in md  # pre-trained - scratch
+    hd95 = md.split("HD95 difference in mm")[1]  # one subject with an HD95, 1 mm lower with pre-training
+    assert "| Multi-ConDoS | -1.00 [-1.00, -1.00] | -1.00 [-1.00, -1.00] |" in hd95
     assert "One pre-training seed: these intervals leave out" in md
     assert "at the last validated epoch (model.pt from the end of the schedule" in md and "in 0 of 12" in md
     assert "0.02 × 100 = 2" in md  # the loss balance of pre-training

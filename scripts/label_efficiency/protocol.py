@@ -30,7 +30,7 @@ from .results import (
     testing_subject_ids,
 )
 from .runner import BundleRunner
-from .stats import SUBJECT_KEY, finite_float
+from .stats import SUBJECT_KEYS, finite_float
 from .timing import Timing, estimate_text, measure_timings, run_iterations, run_timing, timings_of
 
 __all__ = ["run_benchmark"]
@@ -360,7 +360,7 @@ def _finetune(job: Job, run_dir: str, setup: _Setup, pre: Mapping[str, Any] | No
     marker = _read_marker(job, run_dir)
     if marker is not None:
         _check_settings(marker, settings, run_dir)
-        if SUBJECT_KEY not in marker:  # written before the per-subject results and epochs were kept
+        if not set(SUBJECT_KEYS.values()) <= set(marker):  # written before the per-subject results were kept
             marker.update(
                 {
                     **read_test_metrics(os.path.join(run_dir, "eval")),

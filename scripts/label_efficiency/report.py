@@ -73,9 +73,9 @@ def fmt_number(value: Any, fmt: str = ".3f") -> str:
     return "—" if v is None else format(v, fmt)
 
 
-def fmt_difference(d: PairedDifference | None) -> str:
+def fmt_difference(d: PairedDifference | None, digits: int = 3) -> str:
     """``+0.050 [+0.010, +0.090]`` (mean difference and its interval), ``—`` without one."""
-    return "—" if d is None else f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+    return "—" if d is None else f"{d.mean:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
 
 
 def _verdict(d: PairedDifference, a: str, b: str) -> str:
@@ -168,7 +168,7 @@ def _comparisons(
     out = [
         "## Paired differences (test Dice)",
         "",
-        "A minus B on the per-subject test Dice: the fine-tuning seeds are averaged per subject (the same seed gives "
+        "A minus B on the per-subject test Dice (and HD95): the fine-tuning seeds are averaged per subject (the same seed gives "
         f"every method the same labeled subjects), then a two-level cluster bootstrap ({n_boot} resamples of the "
         "pre-training seeds and of the test subjects, each with replacement) gives the 95% percentile interval. "
         "Scratch has no pre-training seed; nested runs are not counted as independent.",
@@ -190,6 +190,13 @@ def _comparisons(
             pretrained,
             fractions,
             lambda m, f: fmt_difference(compare(rows, (m, f), ("scratch", f), n_boot=n_boot)),
+        )
+        out += _table(
+            "Pre-trained minus scratch at the same label fraction: HD95 difference in mm [95% interval] (lower is "
+            "better; subjects with an empty mask left out)",
+            pretrained,
+            fractions,
+            lambda m, f: fmt_difference(compare(rows, (m, f), ("scratch", f), n_boot=n_boot, metric="hd95"), 2),
         )
     return out
 

@@ -21,7 +21,7 @@ from bundle.files import sha256_file
 from bundle.records import SEGMENTATION_KIND, read_record
 
 from .plan import VARIANTS, BenchmarkError
-from .stats import finite_float
+from .stats import SUBJECT_KEYS, finite_float
 
 __all__ = [
     "check_init",
@@ -167,13 +167,16 @@ def last_losses(output_dir: str) -> dict[str, float]:
 
 def read_test_metrics(eval_dir: str) -> dict[str, Any]:
     """
-    The test metrics of an evaluation: the means of ``metrics_summary.json`` (``test_dice``, ...) and the Dice of
-    every test subject from ``metrics.csv`` (``test_subject_dice``: ``{subject: Dice}``, ``None`` where undefined).
+    The test metrics of an evaluation: the means of ``metrics_summary.json`` (``test_dice``, ...) and the Dice and
+    HD95 of every test subject from ``metrics.csv`` (``test_subject_dice``, ``test_subject_hd95``: ``{subject:
+    value}``, ``None`` where undefined).
     """
     summary = read_json(os.path.join(eval_dir, "metrics_summary.json"))
     with open(os.path.join(eval_dir, "metrics.csv"), newline="") as f:
-        subjects = {r["subject"]: finite_float(r.get("dice")) for r in csv.DictReader(f)}
-    out: dict[str, Any] = {"n_test_subjects": summary.get("n_subjects"), "test_subject_dice": subjects}
+        per_subject = list(csv.DictReader(f))
+    out: dict[str, Any] = {"n_test_subjects": summary.get("n_subjects")}
+    for metric, key in SUBJECT_KEYS.items():
+        out[key] = {r["subject"]: finite_float(r.get(metric)) for r in per_subject}
     for name in ("dice", "iou", "hd95", "sensitivity", "precision"):
         s = summary.get(name) or {}
         out[f"test_{name}"] = s.get("mean")

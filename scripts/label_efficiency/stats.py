@@ -33,6 +33,7 @@ __all__ = [
     "LEVEL",
     "N_BOOT",
     "PairedDifference",
+    "SUBJECT_KEYS",
     "aggregate",
     "bootstrap_differences",
     "compare",
@@ -45,8 +46,9 @@ __all__ = [
 #: bootstrap resamples and the level of the percentile interval
 N_BOOT = 2000
 LEVEL = 0.95
-#: the per-subject metric of a result row (``{subject: Dice}``, written by ``results.read_test_metrics``)
-SUBJECT_KEY = "test_subject_dice"
+#: the per-subject metrics of a result row (``{subject: value}``, written by ``results.read_test_metrics``)
+SUBJECT_KEYS: dict[str, str] = {"dice": "test_subject_dice", "hd95": "test_subject_hd95"}
+SUBJECT_KEY = SUBJECT_KEYS["dice"]
 
 # a configuration: (method, label fraction)
 Config = tuple[str, float]
@@ -174,12 +176,14 @@ def paired_difference(a: Any, b: Any, n_boot: int = N_BOOT, level: float = LEVEL
     )
 
 
-def _runs(rows: Sequence[Mapping[str, Any]], config: Config) -> dict[tuple[int | None, int], Mapping[str, Any]]:
-    """The per-subject values of ``config``'s runs: ``{(pre-training seed or None, fine-tuning seed): {subject: v}}``
-    (``pretrain_seed`` is None for scratch and for rows written before pre-training seeds)."""
+def _runs(
+    rows: Sequence[Mapping[str, Any]], config: Config, metric: str = "dice"
+) -> dict[tuple[int | None, int], Mapping[str, Any]]:
+    """The per-subject ``metric`` of ``config``'s runs: ``{(pre-training seed or None, fine-tuning seed): {subject:
+    v}}`` (``pretrain_seed`` is None for scratch and for rows written before pre-training seeds)."""
     method, fraction = config
     return {
-        (r.get("pretrain_seed"), int(r["seed"])): r.get(SUBJECT_KEY) or {}
+        (r.get("pretrain_seed"), int(r["seed"])): r.get(SUBJECT_KEYS[metric]) or {}
         for r in rows
         if r["method"] == method and float(r["fraction"]) == float(fraction)
     }
@@ -208,15 +212,18 @@ def _complete_seeds(runs: Mapping[tuple[int | None, int], Any], pretrain_seeds: 
 
 
 def compare(
-    rows: Sequence[Mapping[str, Any]], a: Config, b: Config, n_boot: int = N_BOOT, seed: int = 0
+    rows: Sequence[Mapping[str, Any]], a: Config, b: Config, n_boot: int = N_BOOT, seed: int = 0, metric: str = "dice"
 ) -> PairedDifference | None:
     """
     :py:func:`paired_difference` of configuration ``a`` minus ``b`` (each ``(method, fraction)``) on the rows'
-    per-subject test Dice, over what both have: the fine-tuning seeds every used pre-training has on both sides, the
-    pre-training seeds both have when both are pre-trained, and the subjects with a defined Dice in every used run.
+    per-subject test ``metric`` (a ``SUBJECT_KEYS`` name: ``dice`` or ``hd95``), over what both have: the
+    fine-tuning seeds every used pre-training has on both sides, the pre-training seeds both have when both are
+    pre-trained, and the subjects with a defined value in every used run (HD95 is undefined for an empty mask).
     ``None`` when they share nothing.
     """
-    runs_a, runs_b = _runs(rows, a), _runs(rows, b)
+    if metric not in SUBJECT_KEYS:
+        raise ValueError(f"metric must be one of {sorted(SUBJECT_KEYS)}, got {metric!r}.")
+    runs_a, runs_b = _runs(rows, a, metric), _runs(rows, b, metric)
     pre_a = sorted({p for p, _ in runs_a}, key=lambda p: -1 if p is None else p)
     pre_b = sorted({p for p, _ in runs_b}, key=lambda p: -1 if p is None else p)
     if None not in pre_a and None not in pre_b:  # both pre-trained: paired by pre-training seed
