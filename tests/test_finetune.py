@@ -211,6 +211,7 @@ def test_evaluate_overlay_writes_per_subject_metrics(train_overrides, tmp_path, 
     assert record["workflow"] == "evaluation" and record["outputs"] == ["metrics.csv", "metrics_summary.json"]
     assert [(m["file"], m["sha256"]) for m in record["models"]] == [(model, sha256_file(model))]
     assert record["settings"]["data_section"] == "testing" and record["fingerprint"] == fingerprint(record["settings"])
+    assert record["settings"]["speed"] == {"amp": False, "group_norm_kernel": True}  # the evaluation's own
     assert record["data"]["n_files"] == 4  # 2 testing subjects: image and label
     # a second evaluation into the folder is refused before anything runs, naming the folder and the earlier files
     kept = {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir()}

@@ -229,6 +229,7 @@ def test_earlier_masks_are_kept_unless_overwrite_and_a_record_names_the_model(mo
     model_file = os.path.join(overrides["ckpt_dir"], "model.pt")
     assert record["models"] == [{"file": model_file, "sha256": sha256_file(model_file), "record": None}]
     assert record["workflow"] == "inference" and record["settings"]["features"] == FEATURES
+    assert record["settings"]["speed"] == {"amp": False, "group_norm_kernel": True}  # this run's numerics
     assert record["outputs"] == sorted(f for f in os.listdir(out) if f.endswith("_seg.nii.gz"))
     assert record["data"]["n_files"] == 2 and record["bundle_version"]
     masks = {f: open(os.path.join(out, f), "rb").read() for f in record["outputs"]}

@@ -111,6 +111,7 @@ def test_translates_testing_volumes_in_input_space(
     record = json.load(open(os.path.join(out_dir, "run_record.json")))
     assert record["workflow"] == "translation" and record["outputs"] == expected
     assert record["settings"]["direction"] == direction and record["fingerprint"] == fingerprint(record["settings"])
+    assert record["settings"]["speed"] == {"amp": False, "group_norm_kernel": True}
     assert record["models"] == [
         {"file": generators_file, "sha256": sha256_file(generators_file), "record": record_path(generators_file)}
     ]
