@@ -28,9 +28,11 @@ same network, amp as configured; no post-processing) on the same preprocessed vo
 the bare forward of every window (``crop_speedup``: what the crop to the input's foreground saves). ``--volume_path``
 measures a real volume instead (e.g. a BraTS FLAIR).
 
-The ``schedule`` part runs one full pre-training epoch (``--schedule_epoch_length`` iterations with its validation,
-previews and a checkpoint) and extrapolates it to ``--schedule_epochs`` epochs: the BraTS preset's 200 x 200 by
-default, so that the GPU command gives the wall time of the paper-scale pre-training.
+The ``schedule`` part runs three full pre-training epochs (``--schedule_epoch_length`` iterations each, with their
+validation and previews, and a checkpoint) and extrapolates an epoch's iterations, validation and checkpoint to
+``--schedule_epochs`` epochs with the BraTS preset's intervals (validation every epoch, a checkpoint every 20; the
+first epoch warms up and is only reported), so that the GPU command gives the wall time of the paper-scale
+pre-training (``measure_schedule``).
 
 Printed per part: workflow and bare s/iteration (s/volume), their ratio, slices/s, FLOPs per iteration, TFLOP/s, peak
 memory (CPU RSS of the part, CUDA max allocated on a GPU). ``--json_path PATH`` also writes every number as JSON
@@ -449,37 +451,89 @@ def measure_inference(
     return {**out, "volume_shape": shape, **_peak_memory(device)}
 
 
-def measure_schedule(overrides: Mapping[str, Any], epochs: int, epoch_length: int) -> dict[str, Any]:
+class EpochClock:
     """
-    One full pre-training epoch of ``epoch_length`` iterations through ``configs/pretrain.yaml``, run and timed with
-    everything an epoch of the schedule may do (its validation, previews and a checkpoint; the first epoch also warms
-    up, so the number errs long), and extrapolated to ``epochs`` such epochs (the BraTS preset: 200 x 200).
+    Timestamps of a training run, attached after the workflow's own handlers (so that an epoch's end includes its
+    validation, previews and checkpoint): each epoch's start, its last iteration's end and its end, and the run's end.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.started: list[float] = []
+        self.iterated: list[float] = []
+        self.ended: list[float] = []
+        self.completed = 0.0
+
+    def _now(self) -> float:
+        sync(self.device)
+        return time.perf_counter()
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.started.append(self._now()))
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: self.ended.append(self._now()))
+        engine.add_event_handler(Events.COMPLETED, lambda e: setattr(self, "completed", self._now()))
+
+        def last_iteration(e: Any) -> None:
+            if e.state.iteration % e.state.epoch_length == 0:
+                self.iterated.append(self._now())
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED, last_iteration)
+
+
+def measure_schedule(
+    overrides: Mapping[str, Any], epochs: int, epoch_length: int, val_interval: int = 1, save_interval: int = 20
+) -> dict[str, Any]:
+    """
+    The wall time of a pre-training schedule of ``epochs`` x ``epoch_length`` iterations, validated every
+    ``val_interval`` epochs with a checkpoint every ``save_interval`` (the BraTS preset's 200 x 200, 1 and 20),
+    extrapolated from a run of 3 full epochs of ``configs/pretrain.yaml`` (validation and previews every epoch, a
+    checkpoint at epoch 3): the first epoch warms up (``first_epoch_s``, not extrapolated); epochs 2 and 3 give the
+    iterations of an epoch (``iterations_s``); epoch 2's end its validation and previews (``validation_s``); what
+    epoch 3's end adds to that a checkpoint (``checkpoint_s``); the run's end the final files (``final_s``, once):
+
+        schedule_s = epochs * iterations_s + epochs / val_interval * validation_s
+                     + epochs // save_interval * checkpoint_s + final_s
 
     Parameters
     ----------
     overrides
         config overrides (data, folders, ``image_size``, ``batch_size``, ``amp``, ``device``, ...).
-    epochs, epoch_length
-        the schedule to extrapolate to; one epoch of ``epoch_length`` iterations is run.
+    epochs, epoch_length, val_interval, save_interval
+        the schedule to extrapolate to.
     """
-    run = {**overrides, "epochs": 1, "epoch_length": int(epoch_length), "val_interval": 1, "save_interval": 1}
+    run = {**overrides, "epochs": 3, "epoch_length": int(epoch_length), "val_interval": 1, "save_interval": 3}
     wf = bundle_workflow("pretrain.yaml", run, run_id=RUN_IDS["pretrain.yaml"])
     trainer = wf.parser.get_parsed_content("train#trainer")
     device = torch.device(trainer.state.device)
-    sync(device)
-    start = time.perf_counter()
+    clock = EpochClock(device)
+    clock.attach(trainer)  # after the workflow's handlers
     wf.run()
-    sync(device)
-    epoch_s = time.perf_counter() - start
-    iterations = int(trainer.state.iteration)
     wf.finalize()
+    ends = [end - iterated for iterated, end in zip(clock.iterated, clock.ended)]
+    iterations_s = statistics.mean(it - st for st, it in zip(clock.started[1:], clock.iterated[1:]))
+    validation_s, checkpoint_s = ends[1], max(0.0, ends[2] - ends[1])
+    final_s = clock.completed - clock.ended[-1]
+    schedule_s = (
+        epochs * iterations_s
+        + epochs / val_interval * validation_s
+        + epochs // save_interval * checkpoint_s
+        + final_s
+    )
     return {
         "device": str(device),
-        "epoch_s": round(epoch_s, 3),
-        "iterations": iterations,
+        "iterations": int(epoch_length),
+        "first_epoch_s": round(clock.ended[0] - clock.started[0], 3),
+        "iterations_s": round(iterations_s, 3),
+        "validation_s": round(validation_s, 3),
+        "checkpoint_s": round(checkpoint_s, 3),
+        "final_s": round(final_s, 3),
         "epochs": int(epochs),
         "epoch_length": int(epoch_length),
-        "schedule_s": round(epoch_s * int(epochs), 1),
+        "val_interval": int(val_interval),
+        "save_interval": int(save_interval),
+        "schedule_s": round(schedule_s, 1),
         "checkpoints": sorted(os.listdir(os.path.join(str(overrides["ckpt_dir"]), "checkpoints"))),
     }
 
@@ -563,7 +617,7 @@ def benchmark(
         a real volume for the inference part instead (e.g. a BraTS FLAIR; read in place).
     schedule_epochs, schedule_epoch_length
         the pre-training schedule the ``schedule`` part extrapolates to (default: the BraTS preset's 200 x 200); it
-        runs one epoch of ``schedule_epoch_length`` iterations.
+        runs 3 epochs of ``schedule_epoch_length`` iterations (``measure_schedule``).
     dataset_dir, data_list_file_path
         an existing dataset for the training parts (default: a demo dataset in a temporary folder).
     """
@@ -631,13 +685,13 @@ def benchmark(
                 )
             if "schedule" in parts:
                 folders = {"ckpt_dir": os.path.join(tmp, "schedule"), "output_dir": os.path.join(tmp, "schedule_out")}
-                results["schedule"] = r = measure_schedule(
-                    {**training, **folders}, schedule_epochs, schedule_epoch_length
-                )
+                results["schedule"] = r = measure_schedule({**training, **folders}, schedule_epochs, schedule_epoch_length)
                 print(
-                    f"schedule: one pre-training epoch of {r['iterations']} iterations (batch {batch_size} @ "
-                    f"{image_size}, with its validation, previews and a checkpoint) {r['epoch_s']:.1f} s; "
-                    f"{r['epochs']} epochs: {r['schedule_s'] / 60:.1f} min (extrapolated) ({r['device']})"
+                    f"schedule: {r['epochs']} pre-training epochs of {r['iterations']} iterations (batch {batch_size} @ "
+                    f"{image_size}): iterations {r['iterations_s']:.1f} s/epoch, validation and previews "
+                    f"{r['validation_s']:.1f} s every {r['val_interval']} epoch(s), checkpoint {r['checkpoint_s']:.1f} s "
+                    f"every {r['save_interval']}, final files {r['final_s']:.1f} s (first epoch {r['first_epoch_s']:.1f} "
+                    f"s): {r['schedule_s'] / 60:.1f} min (extrapolated from 3 epochs) ({r['device']})"
                 )
     finally:
         torch.set_num_threads(previous_threads)

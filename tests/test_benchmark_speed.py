@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import TINY_NET
+from conftest import ROOT, TINY_NET
 from scripts import benchmark_speed
 
 
@@ -79,11 +79,15 @@ def test_benchmark_speed_numbers_and_bare_finetuning_step(tiny_dataset, tmp_path
         assert numbers["device"] == "cpu" and numbers["nominal_peak_tflops"] is None  # no fraction off CUDA
     assert written["pretraining"]["slices_per_iteration"] == written["finetuning"]["slices_per_iteration"] == 2
     assert written["inference"]["slices_per_volume"] == 16
-    # one full epoch (2 iterations, its validation and a checkpoint), extrapolated to the BraTS preset's 200 epochs
+    # 3 full epochs (2 iterations each, validation every epoch, a checkpoint at the third), extrapolated to the BraTS
+    # preset's 200 epochs with its intervals
     schedule = written["schedule"]
-    assert schedule["iterations"] == 2 and schedule["epochs"] == 200 and schedule["epoch_s"] > 0
-    assert math.isclose(schedule["schedule_s"], schedule["epoch_s"] * 200, rel_tol=0.01)
-    assert schedule["checkpoints"] == ["checkpoint_epoch=1.pt", "checkpoint_final.pt"]
+    assert schedule["iterations"] == 2 and schedule["epochs"] == 200
+    assert schedule["checkpoints"] == ["checkpoint_epoch=3.pt", "checkpoint_final.pt"]
+    parts = [schedule[k] for k in ("iterations_s", "validation_s", "checkpoint_s", "final_s")]
+    assert all(v >= 0 for v in parts) and schedule["iterations_s"] > 0 and schedule["validation_s"] > 0
+    expected = 200 * parts[0] + 200 / 1 * parts[1] + 200 // 20 * parts[2] + parts[3]
+    assert math.isclose(schedule["schedule_s"], expected, rel_tol=0.01, abs_tol=0.2)
     # foreground_only (the default): the inferer crops, and the plain SliceInferer's forward is timed beside it
     assert math.isfinite(written["inference"]["crop_speedup"]) and written["inference"]["plain_bare_s_per_volume"] > 0
     # reading and preprocessing the volume is part of the workflow's time, and only a part of it
@@ -104,6 +108,18 @@ def test_benchmark_speed_numbers_and_bare_finetuning_step(tiny_dataset, tmp_path
     pre, schedule_run = workflows["pretrain.yaml"]  # the pre-training part's, then the schedule's (no bare steps)
     assert not any(c["trainer"] is schedule_run.parser.get_parsed_content("train#trainer") for c in calls)
     assert sum(c["count"] for c in calls if c["trainer"] is pre.parser.get_parsed_content("train#trainer")) == 2
+
+
+def test_schedule_intervals_are_the_brats_presets():
+    import inspect
+
+    from monai.bundle import ConfigParser
+
+    defaults = inspect.signature(benchmark_speed.measure_schedule).parameters
+    preset = ConfigParser.load_config_file(str(ROOT / "configs" / "brats.yaml"))
+    assert defaults["save_interval"].default == preset["save_interval"] == 20
+    assert preset["val_interval"].startswith(f"${defaults['val_interval'].default} if @stage == 'pretrain' else")
+    assert inspect.signature(benchmark_speed.benchmark).parameters["schedule_epochs"].default == 200
 
 
 def test_benchmark_sampler_times_both_sources_of_each_workflow(tiny_dataset, capsys):
