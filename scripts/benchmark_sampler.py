@@ -28,13 +28,12 @@ from typing import Any
 
 import fire
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from scripts.benchmark_speed import RUN_IDS, bundle_workflow, demo_dataset, sync  # noqa: E402
+from scripts.benchmark_speed import RUN_IDS, OpCounter, bundle_workflow, demo_dataset, sync  # noqa: E402
 
 #: part name -> (config, run id)
 PARTS: dict[str, tuple[str, str]] = {
@@ -48,21 +47,9 @@ def _endless(loader: Any) -> Iterator[Any]:
         yield from loader
 
 
-class _OpCounter(TorchDispatchMode):
-    """Counts the ATen operations dispatched inside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def dispatched_ops(source: Iterator[Any], batches: int = 4) -> float:
     """The ATen operations (views included) that drawing one batch from ``source`` dispatches, averaged."""
-    with _OpCounter() as counter:
+    with OpCounter() as counter:
         for _ in range(batches):
             next(source)
     return counter.count / batches

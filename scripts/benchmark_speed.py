@@ -56,6 +56,7 @@ from typing import Any
 import fire
 import torch
 from ignite.utils import convert_tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -201,6 +202,18 @@ def bare_forward(evaluator: Any, batch: Any) -> torch.Tensor:
     autocast = torch.autocast("cuda", **evaluator.amp_kwargs) if evaluator.amp else nullcontext()
     with evaluator.mode(evaluator.network), autocast:
         return evaluator.inferer(inputs, evaluator.network)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operations dispatched while active (views included: on a CPU each costs dispatch time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 def count_flops(step: Callable[[], Any]) -> int:

@@ -27,7 +27,6 @@ from typing import Any
 
 import fire
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -35,6 +34,7 @@ if ROOT not in sys.path:
 
 from scripts.benchmark_speed import (  # noqa: E402
     RUN_IDS,
+    OpCounter,
     bare_steps,
     bundle_workflow,
     demo_dataset,
@@ -42,18 +42,6 @@ from scripts.benchmark_speed import (  # noqa: E402
     sync,
 )
 from scripts.profile_step import _profiler, summarise_profile  # noqa: E402
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the ATen operations dispatched while active (views included: on a CPU each costs dispatch time)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _bare_trainer(config: str, overrides: Mapping[str, Any]) -> tuple[Any, list[Any]]:
