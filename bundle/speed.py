@@ -14,7 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["instance_norm_as_group_norm", "maybe_compile", "set_speed_switches", "trace_skipped_calls"]
+__all__ = [
+    "instance_norm_as_group_norm",
+    "maybe_compile",
+    "set_speed_switches",
+    "to_channels_last",
+    "trace_skipped_calls",
+]
 
 _INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
@@ -54,6 +60,15 @@ def instance_norm_as_group_norm(module: nn.Module, enabled: bool = True) -> nn.M
                 group.train(child.training)
                 setattr(parent, name, group)
     return module
+
+
+def to_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """
+    ``module`` with its 4-D weights in the NHWC (channels-last) layout, in place, when ``enabled``: PyTorch's advice
+    for channels-last inputs, so that cuDNN does not convert the weights at every call. State dicts keep their names
+    and values (a loaded checkpoint is copied into the layout).
+    """
+    return module.to(memory_format=torch.channels_last) if enabled else module
 
 
 def trace_skipped_calls(module: nn.Module, enabled: bool = True) -> nn.Module:

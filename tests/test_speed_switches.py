@@ -112,6 +112,18 @@ def test_configs_run_instance_norms_as_group_norms_unless_switched_off(pretrain_
         assert "group_norm_kernel" in parser.get_parsed_content("speed_ids")  # a resume may change it
 
 
+def test_channels_last_puts_the_pretraining_weights_in_nhwc(pretrain_overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_path("pretrain.yaml"))
+    parser.update({**pretrain_overrides, "channels_last": True})
+    for name in ("generators", "discriminators"):
+        weights = [p for p in parser.get_parsed_content(name).parameters() if p.dim() == 4]
+        assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights), name
+        assert not all(p.is_contiguous() for p in weights)  # NCHW no more (most weights differ in the two layouts)
+
+
 def test_amp_bf16_stays_close_to_fp32():
     ref_losses, _ = _steps(n=1)
     losses, _ = _steps(n=1, amp=True)
