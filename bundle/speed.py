@@ -1,9 +1,10 @@
 # Copyright (c) multi-condos contributors
 # Licensed under the Apache License, Version 2.0
 """
-Speed switches of the training workflows that leave the method unchanged: the instance normalisations run as
-PyTorch's group-norm kernel, ``torch.compile`` without graph breaks, and the process-wide TF32 and cuDNN switches.
-Each is a config id; the ones that change numerics (within tolerance) are the configs' ``speed_ids``.
+Speed switches of the workflows that leave the method unchanged: the instance normalisations run as PyTorch's
+group-norm kernel, the channels-last layout of the weights, ``torch.compile`` without graph breaks, and the
+process-wide TF32 and cuDNN switches. Each is a config id; the training configs list them in ``speed_ids`` (recorded
+in a run's settings, a resume may change them; they change numerics within tolerance).
 """
 
 from __future__ import annotations
