@@ -117,9 +117,14 @@ def test_masks_in_input_space_and_equal_to_direct_forward(model, overrides, tiny
 
 
 def test_output_label_values_are_written(model, overrides, tiny_dataset, tmp_path):
-    _run(overrides)
+    plain = _run(overrides)
     mapped = {**overrides, "output_dir": str(tmp_path / "mapped"), "output_label_values": [0, 4]}
-    _run(mapped)
+    # the class indices themselves need no mapping transform
+    steps = {
+        name: [type(t).__name__ for t in wf.parser.get_parsed_content("postprocessing").transforms]
+        for name, wf in (("plain", plain), ("mapped", _run(mapped)))
+    }
+    assert "MapLabelValued" not in steps["plain"] and "MapLabelValued" in steps["mapped"]
     for image in _testing_inputs(tiny_dataset):
         classes = np.asanyarray(nib.load(_mask_path(overrides["output_dir"], image)).dataobj)
         values = np.asanyarray(nib.load(_mask_path(mapped["output_dir"], image)).dataobj)
@@ -208,8 +213,15 @@ def test_intensity_rule_runs_on_the_inference_device_unless_loader_workers(tmp_p
     with loader worker processes it stays on the CPU (CUDA cannot start in forked workers)."""
     parser = ConfigParser()
     parser.read_config(config_path("inference.yaml"))
-    parser.update({"bundle_root": str(tmp_path), "image_size": 32, "features": FEATURES, "num_workers": num_workers,
-                   "device": "$torch.device('cuda:1')"})
+    parser.update(
+        {
+            "bundle_root": str(tmp_path),
+            "image_size": 32,
+            "features": FEATURES,
+            "num_workers": num_workers,
+            "device": "$torch.device('cuda:1')",
+        }
+    )
     chain = parser.get_parsed_content("preprocessing").transforms
     names = [type(t).__name__ for t in chain]
     move = chain[names.index("ModalityIntensityd") - 1]
@@ -239,7 +251,9 @@ def test_earlier_masks_are_kept_unless_overwrite_and_a_record_names_the_model(mo
     (stamp,) = os.listdir(os.path.join(out, "previous"))
     kept = os.path.join(out, "previous", stamp)
     assert {f: open(os.path.join(kept, f), "rb").read() for f in masks} == masks
-    assert os.path.isfile(os.path.join(kept, "run_record.json")) and os.path.isfile(os.path.join(out, "run_record.json"))
+    assert os.path.isfile(os.path.join(kept, "run_record.json")) and os.path.isfile(
+        os.path.join(out, "run_record.json")
+    )
 
 
 def _always_foreground(path: Path) -> None:
