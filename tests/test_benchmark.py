@@ -474,7 +474,7 @@ def test_fake_grid_reports_and_resume(tiny_dataset, tmp_path):
     assert f"| scratch (random init.) | 0.655 ± {std} | 0.805 ± {std} |" in md
     assert "Multi-ConDoS@10% vs scratch@100% | — | — | not in this grid" in md  # fractions 0.5 and 1 only
     assert "| Multi-ConDoS | +0.050 [+0.050, +0.050] | +0.050 [+0.050, +0.050] |" in md  # pre-trained - scratch
-    hd95 = md.split("HD95 difference in mm")[1]  # one subject with an HD95, 1 mm lower with pre-training
+    hd95 = md.split("label fraction: HD95 difference")[1]  # one subject with an HD95, 1 mm lower pre-trained
     assert "| Multi-ConDoS | -1.00 [-1.00, -1.00] | -1.00 [-1.00, -1.00] |" in hd95
     assert "One pre-training seed: these intervals leave out" in md
     assert "at the last validated epoch (model.pt from the end of the schedule" in md and "in 0 of 12" in md
