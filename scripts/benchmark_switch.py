@@ -43,6 +43,9 @@ from scripts.benchmark_speed import (  # noqa: E402
 )
 from scripts.profile_step import _profiler, summarise_profile  # noqa: E402
 
+#: config ids that set process-wide torch flags (``bundle.speed.set_speed_switches``): not comparable in one process
+PROCESS_WIDE_IDS: tuple[str, ...] = ("tf32", "cudnn_benchmark")
+
 
 def _bare_trainer(config: str, overrides: Mapping[str, Any]) -> tuple[Any, list[Any]]:
     """``config``'s initialised trainer, set up for bare steps, and two batches from its own loader on its device."""
@@ -148,6 +151,12 @@ def main(
         raise ValueError(f"config must be one of {sorted(RUN_IDS)}, got {config!r}.")
     if not isinstance(switch, Mapping) or not switch:
         raise ValueError(f"switch must be a non-empty dict of config ids, got {switch!r}.")
+    process_wide = sorted(set(switch) & set(PROCESS_WIDE_IDS))
+    if process_wide:
+        raise ValueError(
+            f"switch: {process_wide} set process-wide torch flags, which both variants of one process would share: "
+            "compare them with two runs of scripts/benchmark_speed.py (--overrides)."
+        )
     if min(rounds, iterations, warmup) < 1:
         raise ValueError(f"rounds, iterations and warmup must be >= 1, got {rounds}, {iterations}, {warmup}.")
     if threads:

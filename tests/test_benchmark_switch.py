@@ -31,7 +31,11 @@ def test_group_norm_kernel_dispatches_fewer_ops_than_instance_norms(tiny_dataset
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"switch": {}}, "non-empty dict"), ({"switch": {"amp": True}, "config": "inference.yaml"}, "inference.yaml")],
+    [
+        ({"switch": {}}, "non-empty dict"),
+        ({"switch": {"amp": True}, "config": "inference.yaml"}, "inference.yaml"),
+        ({"switch": {"tf32": True, "amp": True}}, r"\['tf32'\] set process-wide torch flags"),
+    ],
 )
 def test_bad_arguments_are_refused_before_any_work(kwargs, message):
     with pytest.raises(ValueError, match=message):
