@@ -12,8 +12,9 @@ The numbers behind ``bundle/device_data.py``'s docstring.
 
 The two sources are timed interleaved (one batch of each per round, ``--rounds`` rounds after ``--warmup``), so a
 shared machine's load falls on both; the median per batch and their ratio are printed, and the tensor operations
-the batched sampler dispatches per batch (each a kernel launch or a copy on a GPU, where the step is launch-bound). The training cache is filled
-first and not timed. Without ``--dataset_dir`` a demo dataset is generated in a temporary folder.
+the batched sampler dispatches per batch (each a kernel launch or a copy on a GPU, where the step is launch-bound).
+The training cache is filled first and not timed. Without ``--dataset_dir`` a demo dataset is generated in a
+temporary folder.
 """
 
 from __future__ import annotations

@@ -419,7 +419,9 @@ def measure_inference(
     os.makedirs(models, exist_ok=True)
     common = {**overrides, "ckpt_dir": models, "dataset#data": [{"image": image}]}
     # a freshly initialised network as the model file (no record: the config's settings)
-    network = bundle_workflow("inference.yaml", {**common, "output_dir": os.path.join(folder, "init")}, initialize=False)
+    network = bundle_workflow(
+        "inference.yaml", {**common, "output_dir": os.path.join(folder, "init")}, initialize=False
+    )
     torch.save(network.parser.get_parsed_content("network").state_dict(), os.path.join(models, "model.pt"))
     workflow_s: list[float] = []
     bare_s: list[float] = []
@@ -529,10 +531,7 @@ def measure_schedule(
     validation_s, checkpoint_s = ends[1], max(0.0, ends[2] - ends[1])
     final_s = clock.completed - clock.ended[-1]
     schedule_s = (
-        epochs * iterations_s
-        + epochs / val_interval * validation_s
-        + epochs // save_interval * checkpoint_s
-        + final_s
+        epochs * iterations_s + epochs / val_interval * validation_s + epochs // save_interval * checkpoint_s + final_s
     )
     return {
         "device": str(device),
@@ -698,13 +697,16 @@ def benchmark(
                 )
             if "schedule" in parts:
                 folders = {"ckpt_dir": os.path.join(tmp, "schedule"), "output_dir": os.path.join(tmp, "schedule_out")}
-                results["schedule"] = r = measure_schedule({**training, **folders}, schedule_epochs, schedule_epoch_length)
+                results["schedule"] = r = measure_schedule(
+                    {**training, **folders}, schedule_epochs, schedule_epoch_length
+                )
                 print(
-                    f"schedule: {r['epochs']} pre-training epochs of {r['iterations']} iterations (batch {batch_size} @ "
-                    f"{image_size}): iterations {r['iterations_s']:.1f} s/epoch, validation and previews "
-                    f"{r['validation_s']:.1f} s every {r['val_interval']} epoch(s), checkpoint {r['checkpoint_s']:.1f} s "
-                    f"every {r['save_interval']}, final files {r['final_s']:.1f} s (first epoch {r['first_epoch_s']:.1f} "
-                    f"s): {r['schedule_s'] / 60:.1f} min (extrapolated from 3 epochs) ({r['device']})"
+                    f"schedule: {r['epochs']} pre-training epochs of {r['iterations']} iterations "
+                    f"(batch {batch_size} @ {image_size}): iterations {r['iterations_s']:.1f} s/epoch, validation "
+                    f"and previews {r['validation_s']:.1f} s every {r['val_interval']} epoch(s), checkpoint "
+                    f"{r['checkpoint_s']:.1f} s every {r['save_interval']}, final files {r['final_s']:.1f} s (first "
+                    f"epoch {r['first_epoch_s']:.1f} s): {r['schedule_s'] / 60:.1f} min (extrapolated from 3 epochs) "
+                    f"({r['device']})"
                 )
     finally:
         torch.set_num_threads(previous_threads)

@@ -87,7 +87,7 @@ def compare_switch(
     -------
     dict
         ``default`` and ``switched`` (``step_s``: median seconds per step; ``ops_per_step``; on a GPU
-        ``launches_per_step``), ``switch_over_default`` (median of the per-round ratios) and ``rounds``.
+        ``launches_per_step``), ``switch_over_default`` (median of the per-round ratios), ``rounds`` and ``device``.
     """
     trainers = {}
     for name, ids in (("default", {}), ("switched", switch)):
@@ -109,7 +109,7 @@ def compare_switch(
     for name in trainers:
         out[name]["step_s"] = statistics.median(seconds[name])
     ratios = [s / d for s, d in zip(seconds["switched"], seconds["default"])]
-    out.update({"switch_over_default": statistics.median(ratios), "rounds": int(rounds)})
+    out.update({"switch_over_default": statistics.median(ratios), "rounds": int(rounds), "device": str(device)})
     return out
 
 
@@ -159,25 +159,28 @@ def main(
         )
     if min(rounds, iterations, warmup) < 1:
         raise ValueError(f"rounds, iterations and warmup must be >= 1, got {rounds}, {iterations}, {warmup}.")
+    previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
-    with tempfile.TemporaryDirectory() as tmp:
-        if dataset_dir is None:
-            dataset_dir, data_list_file_path = demo_dataset(os.path.join(tmp, "data"), batch_size, image_size)
-        common = {
-            "bundle_root": ROOT,
-            "dataset_dir": dataset_dir,
-            "data_list_file_path": data_list_file_path or os.path.join(dataset_dir, "datalist.json"),
-            "batch_size": int(batch_size),
-            "image_size": int(image_size),
-            "amp": bool(amp),
-            **(overrides or {}),
-        }
-        if config == "train.yaml":
-            common["pretrained_ckpt"] = None
-        r = compare_switch(config, common, dict(switch), os.path.join(tmp, "runs"), rounds, iterations, warmup)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if dataset_dir is None:
+                dataset_dir, data_list_file_path = demo_dataset(os.path.join(tmp, "data"), batch_size, image_size)
+            common = {
+                "bundle_root": ROOT,
+                "dataset_dir": dataset_dir,
+                "data_list_file_path": data_list_file_path or os.path.join(dataset_dir, "datalist.json"),
+                "batch_size": int(batch_size),
+                "image_size": int(image_size),
+                "amp": bool(amp),
+                **(overrides or {}),
+            }
+            if config == "train.yaml":
+                common["pretrained_ckpt"] = None
+            r = compare_switch(config, common, dict(switch), os.path.join(tmp, "runs"), rounds, iterations, warmup)
+    finally:
+        torch.set_num_threads(previous_threads)
     d, s = r["default"], r["switched"]
-    device = "cuda" if torch.cuda.is_available() and "cpu" not in str(common.get("device", "")) else "cpu"
     launches = (
         f", {s['launches_per_step']:.0f} against {d['launches_per_step']:.0f} kernel launches/step"
         if "launches_per_step" in s
@@ -187,7 +190,7 @@ def main(
         f"{config}, batch {batch_size} @ {image_size}: {dict(switch)} {s['step_s']:.4f} s/step against "
         f"{d['step_s']:.4f} s/step with the defaults, switch_over_default {r['switch_over_default']:.3f} (median of "
         f"{r['rounds']} rounds); {s['ops_per_step']:.0f} against {d['ops_per_step']:.0f} tensor ops/step{launches} "
-        f"({device})"
+        f"({r['device']})"
     )
     return r
 

@@ -291,7 +291,8 @@ def test_compare_rows_pairs_seeds_and_subjects():
     assert d.n_pretrain_seeds == 1 and d.mean == pytest.approx(0.1)
     text = "\n".join(report.headline(rows))
     assert (
-        "| Multi-ConDoS@10% vs scratch@100% | 0.700 | 0.600 | +0.100 [+0.100, +0.100] | Multi-ConDoS higher | 2 × 2 × 2 | — |"
+        "| Multi-ConDoS@10% vs scratch@100% | 0.700 | 0.600 | +0.100 [+0.100, +0.100] | Multi-ConDoS higher "
+        "| 2 × 2 × 2 | — |"
         in text
     )
     assert "Multi-ConDoS@5% vs scratch@50% | — | — | not in this grid | — | — | — |" in text

@@ -4,12 +4,14 @@ implies (no timed assertions)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from conftest import TINY_NET
 from scripts import benchmark_switch
 
 
 def test_group_norm_kernel_dispatches_fewer_ops_than_instance_norms(tiny_dataset, capsys):
+    threads = torch.get_num_threads()
     r = benchmark_switch.main(
         switch={"group_norm_kernel": False},
         config="train.yaml",
@@ -18,6 +20,7 @@ def test_group_norm_kernel_dispatches_fewer_ops_than_instance_norms(tiny_dataset
         rounds=1,
         iterations=1,
         warmup=1,
+        threads=1,
         overrides={**TINY_NET, "samples_per_subject": 2, "val_slices_per_subject": 1},
         **tiny_dataset,
     )
@@ -27,6 +30,7 @@ def test_group_norm_kernel_dispatches_fewer_ops_than_instance_norms(tiny_dataset
     assert default["step_s"] > 0 and switched["step_s"] > 0 and r["switch_over_default"] > 0
     printed = capsys.readouterr().out
     assert "train.yaml, batch 2 @ 32: {'group_norm_kernel': False}" in printed and "switch_over_default" in printed
+    assert printed.rstrip().endswith(f"({r['device']})") and torch.get_num_threads() == threads  # restored
 
 
 @pytest.mark.parametrize(

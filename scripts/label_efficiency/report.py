@@ -170,7 +170,8 @@ def _comparisons(
     out = [
         "## Paired differences (test Dice)",
         "",
-        "A minus B on the per-subject test Dice (and HD95): the fine-tuning seeds are averaged per subject (the same seed gives "
+        "A minus B on the per-subject test Dice (and HD95): the fine-tuning seeds are averaged per subject (the same "
+        "seed gives "
         f"every method the same labeled subjects), then a two-level cluster bootstrap ({n_boot} resamples of the "
         "pre-training seeds and of the test subjects, each with replacement) gives the 95% percentile interval. "
         "Scratch has no pre-training seed; nested runs are not counted as independent.",

@@ -48,7 +48,6 @@ N_BOOT = 2000
 LEVEL = 0.95
 #: the per-subject metrics of a result row (``{subject: value}``, written by ``results.read_test_metrics``)
 SUBJECT_KEYS: dict[str, str] = {"dice": "test_subject_dice", "hd95": "test_subject_hd95"}
-SUBJECT_KEY = SUBJECT_KEYS["dice"]
 
 # a configuration: (method, label fraction)
 Config = tuple[str, float]
