@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from scripts.benchmark_speed import RUN_IDS, OpCounter, bundle_workflow, demo_dataset, sync  # noqa: E402
+from scripts.workflow_harness import RUN_IDS, OpCounter, bundle_workflow, demo_dataset, sync  # noqa: E402
 
 #: part name -> (config, run id)
 PARTS: dict[str, tuple[str, str]] = {

@@ -49,14 +49,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
 import fire
 import torch
-from ignite.utils import convert_tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,8 +62,14 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bundle.inference import ForegroundSliceInferer  # noqa: E402
-
-CONFIGS = os.path.join(ROOT, "configs")
+from scripts.workflow_harness import (  # noqa: E402
+    RUN_IDS,
+    bare_steps,
+    bundle_workflow,
+    demo_dataset,
+    device_batches,
+    sync,
+)
 
 #: nominal dense (no sparsity) peaks in TFLOP/s from the vendors' data sheets, keyed by a fragment of
 #: ``torch.cuda.get_device_name`` (the longest fragment found in the name wins)
@@ -78,17 +82,8 @@ NOMINAL_PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "L40S": {"bf16": 362.1, "tf32": 183.0, "fp32": 91.6},
 }
 
-#: the run expression of each training config (``ConfigWorkflow``'s ``run_id``)
-RUN_IDS: dict[str, str] = {"pretrain.yaml": "training", "train.yaml": "run"}
-
 #: the sections of the results (and of ``parts``)
 PARTS: tuple[str, ...] = ("pretraining", "finetuning", "inference", "schedule")
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work (timings end after it)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _reset_peak_memory(device: torch.device) -> None:
@@ -142,54 +137,10 @@ def nominal_peak(device: torch.device, amp: bool) -> tuple[str, float | None]:
     return dtype, (NOMINAL_PEAK_TFLOPS[max(found, key=len)][dtype] if found else None)
 
 
-def bundle_workflow(
-    config: str | Sequence[str], overrides: Mapping[str, Any], run_id: str = "run", initialize: bool = True
-) -> Any:
-    """
-    ``configs/<config>`` (a list: merged in order) as a ``ConfigWorkflow`` with ``overrides`` (initialised unless
-    ``initialize`` is False).
-    """
-    from monai.bundle import ConfigWorkflow
-
-    files = [config] if isinstance(config, str) else list(config)
-    wf = ConfigWorkflow(
-        config_file=[os.path.join(CONFIGS, f) for f in files],
-        meta_file=os.path.join(CONFIGS, "metadata.json"),
-        logging_file=os.path.join(CONFIGS, "logging.conf"),
-        workflow_type=None,
-        run_id=run_id,
-        **overrides,
-    )
-    if initialize:
-        wf.initialize()
-    return wf
-
-
-def device_batches(loader: Iterable, count: int, device: torch.device) -> list[Any]:
-    """
-    ``count`` batches drawn from the workflow's own training loader (the per-sample ``DataLoader`` or the on-device
-    sampler), on ``device``: the bare step's input.
-    """
-    batches: list[Any] = []
-    while len(batches) < count:
-        before = len(batches)
-        batches += [convert_tensor(b, device) for b in loader][: count - len(batches)]
-        if len(batches) == before:
-            raise ValueError("the training loader yields no batch.")
-    sync(device)
-    return batches
-
-
 def _slices(batch: Any) -> int:
     """Slices in a training batch (the first dimension of its first tensor)."""
     tensors = [v for v in (batch.values() if isinstance(batch, Mapping) else batch) if isinstance(v, torch.Tensor)]
     return int(tensors[0].shape[0])
-
-
-def bare_steps(trainer: Any, batches: Sequence[Any], count: int) -> None:
-    """``count`` iterations of ``trainer``'s own iteration function on ``batches`` (cycled), already on the device."""
-    for i in range(count):
-        trainer._iteration(trainer, batches[i % len(batches)])
 
 
 def bare_forward(evaluator: Any, batch: Any) -> torch.Tensor:
@@ -202,18 +153,6 @@ def bare_forward(evaluator: Any, batch: Any) -> torch.Tensor:
     autocast = torch.autocast("cuda", **evaluator.amp_kwargs) if evaluator.amp else nullcontext()
     with evaluator.mode(evaluator.network), autocast:
         return evaluator.inferer(inputs, evaluator.network)
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the ATen operations dispatched while active (views included: on a CPU each costs dispatch time)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def count_flops(step: Callable[[], Any]) -> int:
@@ -714,18 +653,6 @@ def benchmark(
         with open(json_path, "w") as f:
             json.dump(results, f, indent=2)
     return results
-
-
-def demo_dataset(folder: str, batch_size: int, image_size: int) -> tuple[str, str]:
-    """A demo dataset (``bundle.demo_data``) with enough training subjects for two batches: its folder and datalist."""
-    from bundle.demo_data import ensure_demo_dataset
-
-    side = max(64, int(image_size))
-    subjects = max(24, 2 * int(batch_size) + 8)
-    datalist = ensure_demo_dataset(
-        folder, os.path.join(folder, "datalist.json"), num_subjects=subjects, shape=(side, side, 32)
-    )
-    return folder, datalist
 
 
 if __name__ == "__main__":

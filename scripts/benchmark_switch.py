@@ -32,7 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from scripts.benchmark_speed import (  # noqa: E402
+from scripts.profile_step import _profiler, summarise_profile  # noqa: E402
+from scripts.workflow_harness import (  # noqa: E402
     RUN_IDS,
     OpCounter,
     bare_steps,
@@ -41,7 +42,6 @@ from scripts.benchmark_speed import (  # noqa: E402
     device_batches,
     sync,
 )
-from scripts.profile_step import _profiler, summarise_profile  # noqa: E402
 
 #: config ids that set process-wide torch flags (``bundle.speed.set_speed_switches``): not comparable in one process
 PROCESS_WIDE_IDS: tuple[str, ...] = ("tf32", "cudnn_benchmark")

@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from scripts.benchmark_speed import (  # noqa: E402
+from scripts.workflow_harness import (  # noqa: E402
     RUN_IDS,
     bare_steps,
     bundle_workflow,
