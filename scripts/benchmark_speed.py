@@ -366,6 +366,7 @@ def measure_inference(
     bare_s: list[float] = []
     plain_s: list[float] = []
     preprocess_s: list[float] = []
+    stage_s: dict[str, list[float]] = {}
     flops = 0
     for r in range(max(1, int(rounds))):
         wf = bundle_workflow("inference.yaml", {**common, "output_dir": os.path.join(folder, f"masks_{r}")})
@@ -386,9 +387,11 @@ def measure_inference(
         workflow_s.append(time.perf_counter() - start)
         wf.finalize()
         start = time.perf_counter()
-        bare_forward(evaluator, batch)
+        output = bare_forward(evaluator, batch)
         sync(device)
         bare_s.append(time.perf_counter() - start)
+        for name, seconds in inference_stages(wf, image, batch, output, device).items():
+            stage_s.setdefault(name, []).append(seconds)
         if isinstance(evaluator.inferer, ForegroundSliceInferer):
             evaluator.inferer.crop = False  # the same inferer over every window
             start = time.perf_counter()
@@ -398,11 +401,51 @@ def measure_inference(
             evaluator.inferer.crop = True
     out = summarise(workflow_s, bare_s, depth, flops, device, amp, "volume")
     out["preprocess_s_per_volume"] = round(statistics.median(preprocess_s), 5)
+    stages = {name: statistics.median(seconds) for name, seconds in stage_s.items()}
+    out["stage_s_per_volume"] = {name: round(seconds, 5) for name, seconds in stages.items()}
+    # what the workflow spends outside its transforms and the forward: engine, handlers, collation, the record
+    outside = statistics.median(workflow_s) - statistics.median(bare_s) - sum(stages.values())
+    out["outside_stages_s_per_volume"] = round(outside, 5)
     if plain_s:
         out["plain_bare_s_per_volume"] = round(statistics.median(plain_s), 5)
         out["crop_speedup"] = round(statistics.median(p / b for p, b in zip(plain_s, bare_s)), 4)
     shape = [int(s) for s in batch["image"].shape[-3:]] if volume_path else [int(s) for s in shape]
     return {**out, "volume_shape": shape, **_peak_memory(device)}
+
+
+def inference_stages(
+    workflow: Any, image: str, batch: Mapping[str, Any], output: torch.Tensor, device: torch.device
+) -> dict[str, float]:
+    """
+    Seconds of each transform of ``configs/inference.yaml`` on one volume, each timed alone between device
+    synchronisations: its ``preprocessing`` from the file ``image``, then its ``postprocessing`` (``Invertd`` and
+    ``SaveImaged`` included) on what the evaluator's engine hands it, the decollated ``batch`` with the bare
+    forward's ``output`` as ``pred`` (the forward is timed by the caller). ``SaveImaged`` rewrites the mask that
+    the workflow's run has just written (the same mask). A transform that occurs twice is named ``<name> (2)``.
+
+    Returns
+    -------
+    dict
+        transform name -> seconds, in the order they run.
+    """
+    from monai.data import decollate_batch
+
+    def run(transforms: Sequence[Any], data: Any, seconds: dict[str, float]) -> Any:
+        for transform in transforms:
+            name = type(transform).__name__
+            name = name if name not in seconds else f"{name} ({sum(k.split(' ')[0] == name for k in seconds) + 1})"
+            sync(device)
+            start = time.perf_counter()
+            data = transform(data)
+            sync(device)
+            seconds[name] = time.perf_counter() - start
+        return data
+
+    seconds: dict[str, float] = {}
+    run(workflow.parser.get_parsed_content("preprocessing").transforms, {"image": image}, seconds)
+    item = decollate_batch({**batch, "pred": output})[0]
+    run(workflow.parser.get_parsed_content("postprocessing").transforms, item, seconds)
+    return seconds
 
 
 class EpochClock:
@@ -633,6 +676,12 @@ def benchmark(
                 print(
                     f"inference, loading and preprocessing alone (the workflow's loader, to the device): "
                     f"{r['preprocess_s_per_volume']:.4f} s/volume (median of {r['rounds']} rounds)"
+                )
+                stages = ", ".join(f"{name} {s:.4f}" for name, s in r["stage_s_per_volume"].items())
+                print(
+                    f"inference, stages alone, s/volume (median of {r['rounds']} rounds): {stages}; the forward "
+                    f"{r['bare_s_per_volume']:.4f}; the rest of the workflow (engine, handlers, collation, the "
+                    f"record) {r['outside_stages_s_per_volume']:.4f}"
                 )
             if "schedule" in parts:
                 folders = {"ckpt_dir": os.path.join(tmp, "schedule"), "output_dir": os.path.join(tmp, "schedule_out")}

@@ -93,6 +93,14 @@ def test_benchmark_speed_numbers_and_bare_finetuning_step(tiny_dataset, tmp_path
     # reading and preprocessing the volume is part of the workflow's time, and only a part of it
     inference = written["inference"]
     assert 0 < inference["preprocess_s_per_volume"] < inference["workflow_s_per_volume"]
+    # every transform of inference.yaml timed alone, in order (the second EnsureTyped named apart), and the rest
+    stages = list(inference["stage_s_per_volume"])
+    assert stages[0] == "LoadImaged" and stages[-2:] == ["Invertd", "SaveImaged"], stages
+    assert stages.count("EnsureTyped") == 1 and "EnsureTyped (2)" in stages and "ChannelArgmaxd" in stages
+    assert all(v >= 0 for v in inference["stage_s_per_volume"].values())
+    stage_sum = sum(inference["stage_s_per_volume"].values())
+    outside = inference["workflow_s_per_volume"] - inference["bare_s_per_volume"] - stage_sum
+    assert math.isclose(inference["outside_stages_s_per_volume"], outside, abs_tol=1e-3)
 
     # the bare fine-tuning step is the iteration of the trainer train.yaml built, on its network, loss and optimizer,
     # and it trains that network
