@@ -10,11 +10,20 @@ import pytest
 import torch
 from ignite.engine import Events
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bundle.finite import check_finite_state, finite_step
 from bundle.handlers import DivergenceGuard
 from bundle.networks import ImagePool
-from conftest import build_trainer, config_path, make_workflow, paired_batches, run_workflow, scratch_finetune_overrides
+from conftest import (
+    build_trainer,
+    config_path,
+    make_workflow,
+    paired_batches,
+    run_workflow,
+    scratch_finetune_overrides,
+    tiny_overrides,
+)
 
 #: tensor methods that read a value on the host (a synchronisation with the device)
 HOST_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__"}
@@ -31,6 +40,37 @@ class HostReads(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in HOST_READS:
             self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+#: ATen operations that read a device value on the host, or size their output by the values (a sync on a GPU)
+SYNCING_OPS = {
+    "aten._local_scalar_dense.default",
+    "aten.nonzero.default",
+    "aten.masked_select.default",
+    "aten.is_nonzero.default",
+    "aten.equal.default",
+    "aten._unique2.default",
+    "aten.unique_dim.default",
+    "aten.repeat_interleave.Tensor",
+}
+
+
+class SyncingOps(TorchDispatchMode):
+    """Records the trainer's iteration of every syncing operation (boolean-mask indexing included) while active."""
+
+    def __init__(self, trainer) -> None:
+        super().__init__()
+        self.trainer = trainer
+        self.calls: list[tuple[int, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        masks = name.startswith(("aten.index.", "aten.index_put")) and any(
+            getattr(i, "dtype", None) == torch.bool for i in (args[1] or [])
+        )
+        if name in SYNCING_OPS or masks:
+            self.calls.append((self.trainer.state.iteration, name))
         return func(*args, **(kwargs or {}))
 
 
@@ -54,6 +94,25 @@ def test_the_pretraining_step_reads_nothing_on_the_host():
     assert reads.calls == []
     assert set(out["gradients"]) == {"g_gradients", "d_gradients"}
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in out["losses"].values())
+
+
+@pytest.mark.parametrize("config", ["pretrain.yaml", "train.yaml"])
+def test_the_workflow_reads_the_host_only_at_log_iterations(config, tiny_dataset, tmp_path):
+    """Batched sampling on the device, the step and every handler: between iteration 1 (lazy optimizer state) and the
+    epoch's end (validation), values are read on the host only at the log_interval's iterations."""
+    run = {"epochs": 1, "epoch_length": 7, "val_interval": 1, "log_interval": 3, "device_cache": True}
+    if config == "pretrain.yaml":
+        overrides = tiny_overrides(tiny_dataset, tmp_path, val_fraction=0.25, val_slices_per_subject=1, **run)
+    else:
+        overrides = scratch_finetune_overrides(tiny_dataset, tmp_path / "ckpt", tmp_path / "out", **run)
+    wf = make_workflow(config_path(config), overrides, run_id="training" if config == "pretrain.yaml" else "run")
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    reads = SyncingOps(trainer)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda e: reads.__enter__())
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=7), lambda e: reads.__exit__(None, None, None))
+    wf.run()
+    assert reads.calls, "the losses are read at iterations 3 and 6"
+    assert {iteration for iteration, _ in reads.calls} == {3, 6}, reads.calls
 
 
 def test_a_nan_step_is_skipped_and_the_guard_names_the_term_within_its_interval():
