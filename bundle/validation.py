@@ -109,13 +109,15 @@ def _voxel_stats(path: str, is_label: bool) -> dict[str, Any]:
         data = np.asarray(nib.load(path).dataobj)
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as e:
         raise ValueError(f"truncated or corrupt image data ({type(e).__name__}: {e})") from e
-    finite = np.isfinite(data) if np.issubdtype(data.dtype, np.floating) else np.ones(data.shape, bool)
-    stats: dict[str, Any] = {"n_nonfinite": int(data.size - finite.sum())}
-    stats["min"] = float(data[finite].min()) if finite.any() else float("nan")
-    stats["max"] = float(data[finite].max()) if finite.any() else float("nan")
+    finite = np.isfinite(data) if np.issubdtype(data.dtype, np.floating) else None
+    stats: dict[str, Any] = {"n_nonfinite": 0 if finite is None else int(data.size - np.count_nonzero(finite))}
+    # the range of the finite voxels; without NaN/inf (the usual case) no masked copy: a third of the check's time
+    values = data if stats["n_nonfinite"] == 0 else data[finite]
+    stats["min"] = float(values.min()) if values.size else float("nan")
+    stats["max"] = float(values.max()) if values.size else float("nan")
     # the content hash of the leak check: a copied, renamed or re-compressed file has the same voxels
     content = hashlib.blake2b(f"{data.shape}{data.dtype}".encode(), digest_size=16)
-    content.update(np.ascontiguousarray(data).tobytes())
+    content.update(np.ascontiguousarray(data))  # the array's buffer: the same bytes as tobytes(), not copied
     stats["content"] = content.hexdigest()
     if is_label and stats["n_nonfinite"] == 0:
         stats["values"] = sorted(int(v) for v in np.unique(data)) if np.all(data == np.round(data)) else None

@@ -26,7 +26,9 @@ post-processing, ``Invertd``, NIfTI writing) on one synthetic 240x240x155 volume
 ``model.pt``, interleaved with the bare forward: the forward of the workflow's evaluator (``SliceInferer`` over the
 same network, amp as configured; no post-processing) on the same preprocessed volume already on the device, and
 the bare forward of every window (``crop_speedup``: what the crop to the input's foreground saves). ``--volume_path``
-measures a real volume instead (e.g. a BraTS FLAIR).
+measures a real volume instead (e.g. a BraTS FLAIR). Also timed per round: every transform of the config alone
+(``stage_s_per_volume``: the time outside the network, by transform) and the check of the input's voxels that the
+config runs before the workflow (``voxel_check_s_per_volume``; ``validate_voxels``, default True).
 
 The ``schedule`` part runs three full pre-training epochs (``--schedule_epoch_length`` iterations each, with their
 validation and previews, and a checkpoint) and extrapolates an epoch's iterations, validation and checkpoint to
@@ -367,6 +369,7 @@ def measure_inference(
     plain_s: list[float] = []
     preprocess_s: list[float] = []
     stage_s: dict[str, list[float]] = {}
+    check_s: list[float] = []
     flops = 0
     for r in range(max(1, int(rounds))):
         wf = bundle_workflow("inference.yaml", {**common, "output_dir": os.path.join(folder, f"masks_{r}")})
@@ -392,6 +395,7 @@ def measure_inference(
         bare_s.append(time.perf_counter() - start)
         for name, seconds in inference_stages(wf, image, batch, output, device).items():
             stage_s.setdefault(name, []).append(seconds)
+        check_s.append(voxel_check_seconds(image, os.path.join(folder, f"check_{r}.nii.gz")))
         if isinstance(evaluator.inferer, ForegroundSliceInferer):
             evaluator.inferer.crop = False  # the same inferer over every window
             start = time.perf_counter()
@@ -404,6 +408,7 @@ def measure_inference(
     stages = {name: statistics.median(seconds) for name, seconds in stage_s.items()}
     out["stage_s_per_volume"] = {name: round(seconds, 5) for name, seconds in stages.items()}
     # what the workflow spends outside its transforms and the forward: engine, handlers, collation, the record
+    out["voxel_check_s_per_volume"] = round(statistics.median(check_s), 5)
     outside = statistics.median(workflow_s) - statistics.median(bare_s) - sum(stages.values())
     out["outside_stages_s_per_volume"] = round(outside, 5)
     if plain_s:
@@ -411,6 +416,22 @@ def measure_inference(
         out["crop_speedup"] = round(statistics.median(p / b for p, b in zip(plain_s, bare_s)), 4)
     shape = [int(s) for s in batch["image"].shape[-3:]] if volume_path else [int(s) for s in shape]
     return {**out, "volume_shape": shape, **_peak_memory(device)}
+
+
+def voxel_check_seconds(image: str, copy_path: str) -> float:
+    """
+    Seconds of the check of an input's voxels that ``configs/inference.yaml`` runs before the workflow
+    (``validate_voxels``, default True: ``bundle.validation.validate_records``) on a fresh copy of ``image`` at
+    ``copy_path`` (the check's results are cached per file within a process).
+    """
+    import shutil
+
+    from bundle.validation import validate_records
+
+    shutil.copyfile(image, copy_path)
+    start = time.perf_counter()
+    validate_records([{"image": copy_path}], ["image"], None, None, True, False, 1, "inference inputs")
+    return time.perf_counter() - start
 
 
 def inference_stages(
@@ -676,6 +697,10 @@ def benchmark(
                 print(
                     f"inference, loading and preprocessing alone (the workflow's loader, to the device): "
                     f"{r['preprocess_s_per_volume']:.4f} s/volume (median of {r['rounds']} rounds)"
+                )
+                print(
+                    f"inference, the inputs' voxel check before the run (validate_voxels, default True): "
+                    f"{r['voxel_check_s_per_volume']:.4f} s/volume (median of {r['rounds']} rounds)"
                 )
                 stages = ", ".join(f"{name} {s:.4f}" for name, s in r["stage_s_per_volume"].items())
                 print(

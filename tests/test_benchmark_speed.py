@@ -98,6 +98,7 @@ def test_benchmark_speed_numbers_and_bare_finetuning_step(tiny_dataset, tmp_path
     assert stages[0] == "LoadImaged" and stages[-2:] == ["Invertd", "SaveImaged"], stages
     assert stages.count("EnsureTyped") == 1 and "EnsureTyped (2)" in stages and "ChannelArgmaxd" in stages
     assert all(v >= 0 for v in inference["stage_s_per_volume"].values())
+    assert inference["voxel_check_s_per_volume"] > 0
     stage_sum = sum(inference["stage_s_per_volume"].values())
     outside = inference["workflow_s_per_volume"] - inference["bare_s_per_volume"] - stage_sum
     assert math.isclose(inference["outside_stages_s_per_volume"], outside, abs_tol=1e-3)
