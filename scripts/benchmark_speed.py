@@ -407,8 +407,8 @@ def measure_inference(
     out["preprocess_s_per_volume"] = round(statistics.median(preprocess_s), 5)
     stages = {name: statistics.median(seconds) for name, seconds in stage_s.items()}
     out["stage_s_per_volume"] = {name: round(seconds, 5) for name, seconds in stages.items()}
-    # what the workflow spends outside its transforms and the forward: engine, handlers, collation, the record
     out["voxel_check_s_per_volume"] = round(statistics.median(check_s), 5)
+    # what the workflow spends outside its transforms and the forward: engine, handlers, collation, the record
     outside = statistics.median(workflow_s) - statistics.median(bare_s) - sum(stages.values())
     out["outside_stages_s_per_volume"] = round(outside, 5)
     if plain_s:
