@@ -91,10 +91,32 @@ def test_two_process_pretraining_and_finetuning(tiny_dataset, tmp_path):
     assert os.path.isfile(os.path.join(fine["ckpt_dir"], "model.pt"))
 
 
+def _one_process_in_process(out: str) -> None:
+    """``tests/ddp_worker.py`` as one plain process, run here (one thread, as the workers; RNG state restored)."""
+    import ddp_worker
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            ddp_worker.main(out)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path):
     one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
-    _run([sys.executable, "tests/ddp_worker.py", one])
-    _run([*TORCHRUN, "tests/ddp_worker.py", two])
+    # the 2-process run in the background while this process computes the 1-process reference (no second start-up)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = subprocess.Popen(
+        [*TORCHRUN, "tests/ddp_worker.py", two], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        _one_process_in_process(one)
+        output = torchrun.communicate(timeout=300)[0]
+    finally:
+        torchrun.kill()
+    assert torchrun.returncode == 0, output[-3000:]
     s1, s2, s2b = torch.load(one), torch.load(two), torch.load(two + ".rank1")
     for part in ("generators", "discriminators"):
         for key, value in s1[part].items():

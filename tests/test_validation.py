@@ -16,7 +16,7 @@ import pytest
 from monai.bundle import ConfigWorkflow
 
 from bundle.validation import DataProblems, validate_records
-from conftest import ROOT, TINY_NET, config_path
+from conftest import ROOT, TINY_NET, config_path, make_workflow
 
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
 
@@ -153,15 +153,13 @@ def test_all_problems_are_reported_at_once(small_dataset):
     assert len(err.value.problems) == 2 and "s1_t2" in str(err.value) and "s2_t1" in str(err.value)
 
 
-def test_validate_data_run_prints_a_summary(small_dataset, tmp_path):
-    overrides = _overrides(small_dataset, tmp_path)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "validate_data", "--config_file", "configs/pretrain.yaml"]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "pre-training training records: 4 subject(s) checked, no problem found" in proc.stdout
-    assert "shapes: [(32, 32, 8)]" in proc.stdout and "intensity range 't1'" in proc.stdout
+def test_validate_data_run_prints_a_summary(small_dataset, tmp_path, capsys):
+    """``python -m monai.bundle run validate_data``, in-process: the checks and their summary, nothing written."""
+    make_workflow(config_path("pretrain.yaml"), _overrides(small_dataset, tmp_path), run_id="validate_data").run()
+    printed = capsys.readouterr().out
+    assert "pre-training training records: 4 subject(s) checked, no problem found" in printed
+    assert "shapes: [(32, 32, 8)]" in printed and "intensity range 't1'" in printed
+    assert not os.path.exists(tmp_path / "ckpt") and not os.path.exists(tmp_path / "out")
     assert not os.path.exists(tmp_path / "ckpt") and not os.path.exists(tmp_path / "out")
 
 
