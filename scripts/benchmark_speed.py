@@ -18,8 +18,9 @@ The two are interleaved, A/B/A/B: ``rounds`` blocks of ``iterations`` workflow i
 as many bare steps (after ``warmup`` workflow and bare iterations), and ``workflow_over_bare`` is the median of the
 per-round ratios, so that the load of a shared machine cancels out. The FLOPs of one step are counted with
 ``torch.utils.flop_counter.FlopCounterMode`` over the first bare warm-up iteration; on a CUDA device the achieved
-TFLOP/s is also given as a fraction of the device's nominal dense peak (``NOMINAL_PEAK_TFLOPS``; bf16 with ``--amp``,
-else TF32 when cuDNN may use it for the convolutions, else fp32).
+TFLOP/s is also given as a fraction of the device's nominal dense peak (``scripts/speed_numbers.py``; bf16 with
+``--amp``, else TF32 when cuDNN may use it for the convolutions, else fp32). The inference part is
+``scripts/inference_timing.py``.
 
 Inference runs ``configs/inference.yaml`` end to end (loading, preprocessing, the slice-by-slice forward,
 post-processing, ``Invertd``, NIfTI writing) on one synthetic 240x240x155 volume with a freshly initialised
@@ -46,24 +47,22 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import fire
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bundle.inference import ForegroundSliceInferer  # noqa: E402
+from scripts.inference_timing import measure_inference  # noqa: E402
+from scripts.speed_numbers import count_flops, peak_memory, reset_peak_memory, summarise  # noqa: E402
 from scripts.workflow_harness import (  # noqa: E402
     RUN_IDS,
     bare_steps,
@@ -73,95 +72,14 @@ from scripts.workflow_harness import (  # noqa: E402
     sync,
 )
 
-#: nominal dense (no sparsity) peaks in TFLOP/s from the vendors' data sheets, keyed by a fragment of
-#: ``torch.cuda.get_device_name`` (the longest fragment found in the name wins)
-NOMINAL_PEAK_TFLOPS: dict[str, dict[str, float]] = {
-    "H200": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
-    "H100": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
-    "H100 NVL": {"bf16": 835.5, "tf32": 417.5, "fp32": 60.0},
-    "H100 PCIe": {"bf16": 756.5, "tf32": 378.0, "fp32": 51.2},
-    "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
-    "L40S": {"bf16": 362.1, "tf32": 183.0, "fp32": 91.6},
-}
-
 #: the sections of the results (and of ``parts``)
 PARTS: tuple[str, ...] = ("pretraining", "finetuning", "inference", "schedule")
-
-
-def _reset_peak_memory(device: torch.device) -> None:
-    """Start a part's peak memory afresh: CUDA's counters, and Linux's peak RSS (``/proc/self/clear_refs``)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass  # not Linux, or not allowed: the process's peak so far (getrusage)
-
-
-def _peak_memory(device: torch.device) -> dict[str, float]:
-    """Peak RSS in MB since ``_reset_peak_memory`` (Linux; else of the process), and CUDA max allocated on a GPU."""
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    try:
-        with open("/proc/self/status") as f:
-            peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration, ValueError):
-        pass
-    out = {"peak_rss_mb": round(peak_kb / 1024.0, 1)}
-    if device.type == "cuda":
-        out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return out
-
-
-def nominal_peak(device: torch.device, amp: bool) -> tuple[str, float | None]:
-    """
-    The dtype the step's FLOPs mostly run in and the device's nominal dense peak for it.
-
-    Parameters
-    ----------
-    device
-        the device the step ran on.
-    amp
-        bf16 (or fp16) autocast.
-
-    Returns
-    -------
-    tuple
-        ``(dtype, TFLOP/s)``: ``bf16`` with ``amp``, else on CUDA ``tf32`` when cuDNN may use TF32 for convolutions
-        (PyTorch's default), else ``fp32``; the peak is None off CUDA and for a device missing from
-        ``NOMINAL_PEAK_TFLOPS``.
-    """
-    if device.type != "cuda":
-        return ("bf16" if amp else "fp32"), None
-    dtype = "bf16" if amp else ("tf32" if torch.backends.cudnn.allow_tf32 else "fp32")
-    name = torch.cuda.get_device_name(device)
-    found = [key for key in NOMINAL_PEAK_TFLOPS if key in name]
-    return dtype, (NOMINAL_PEAK_TFLOPS[max(found, key=len)][dtype] if found else None)
 
 
 def _slices(batch: Any) -> int:
     """Slices in a training batch (the first dimension of its first tensor)."""
     tensors = [v for v in (batch.values() if isinstance(batch, Mapping) else batch) if isinstance(v, torch.Tensor)]
     return int(tensors[0].shape[0])
-
-
-def bare_forward(evaluator: Any, batch: Any) -> torch.Tensor:
-    """
-    The forward of a MONAI ``SupervisedEvaluator`` iteration on ``batch``, as its ``_iteration`` runs it (its
-    ``prepare_batch``, ``mode``, amp and ``inferer`` over its ``network``), without the post-processing and handlers
-    that ``_iteration`` triggers (``MODEL_COMPLETED``).
-    """
-    inputs = evaluator.prepare_batch(batch, evaluator.state.device, evaluator.non_blocking, **evaluator.to_kwargs)[0]
-    autocast = torch.autocast("cuda", **evaluator.amp_kwargs) if evaluator.amp else nullcontext()
-    with evaluator.mode(evaluator.network), autocast:
-        return evaluator.inferer(inputs, evaluator.network)
-
-
-def count_flops(step: Callable[[], Any]) -> int:
-    """The FLOPs of ``step()`` (``FlopCounterMode``: forward, backward; matmuls and convolutions)."""
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return int(counter.get_total_flops())
 
 
 class InterleavedRounds:
@@ -222,61 +140,6 @@ class InterleavedRounds:
         self._start = time.perf_counter()
 
 
-def summarise(
-    workflow_s: Sequence[float],
-    bare_s: Sequence[float],
-    slices: int,
-    flops: int,
-    device: torch.device,
-    amp: bool,
-    unit: str = "iteration",
-) -> dict[str, Any]:
-    """
-    The numbers of interleaved rounds: medians of the per-round seconds and of the per-round ratios.
-
-    Parameters
-    ----------
-    workflow_s, bare_s
-        seconds per ``unit`` of each round.
-    slices
-        slices per ``unit``.
-    flops
-        FLOPs per ``unit`` (``flops_per_iteration``).
-    device
-        the device they ran on.
-    amp
-        bf16/fp16 autocast (which nominal peak applies).
-    unit
-        ``iteration`` (training) or ``volume`` (inference): the names of the s/unit keys.
-    """
-    ratios = [w / b for w, b in zip(workflow_s, bare_s)]
-    workflow, bare = statistics.median(workflow_s), statistics.median(bare_s)
-    dtype, peak = nominal_peak(device, amp)
-    out: dict[str, Any] = {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "rounds": len(ratios),
-        f"slices_per_{unit}": int(slices),
-        f"workflow_s_per_{unit}": round(workflow, 5),
-        f"bare_s_per_{unit}": round(bare, 5),
-        "workflow_over_bare": round(statistics.median(ratios), 4),
-        "workflow_over_bare_per_round": [round(r, 4) for r in ratios],
-        "slices_per_s": round(slices / workflow, 3),
-        "bare_slices_per_s": round(slices / bare, 3),
-        "flops_per_iteration": int(flops),
-        "workflow_tflops": flops / workflow / 1e12,
-        "bare_tflops": flops / bare / 1e12,
-        "peak_dtype": dtype,
-        "nominal_peak_tflops": peak,
-        "workflow_peak_fraction": None,
-        "bare_peak_fraction": None,
-    }
-    if peak:
-        out["workflow_peak_fraction"] = out["workflow_tflops"] / peak
-        out["bare_peak_fraction"] = out["bare_tflops"] / peak
-    return out
-
-
 def measure_training(
     config: str, overrides: Mapping[str, Any], run_id: str, rounds: int, iterations: int, warmup: int, amp: bool
 ) -> dict[str, Any]:
@@ -302,171 +165,11 @@ def measure_training(
     device = torch.device(trainer.state.device)
     timer.batches = device_batches(wf.parser.get_parsed_content("train#dataloader"), iterations, device)
     timer.attach(trainer)  # after the workflow's handlers: the bare blocks run after them
-    _reset_peak_memory(device)
+    reset_peak_memory(device)
     wf.run()
     wf.finalize()
     out = summarise(timer.workflow_s, timer.bare_s, _slices(timer.batches[0]), timer.flops, device, amp)
-    return {**out, **_peak_memory(device)}
-
-
-def _write_volume(path: str, shape: Sequence[int]) -> str:
-    """One synthetic head (``bundle.demo_phantom``, modality ``t1``) of ``shape`` as NIfTI at ``path``."""
-    import nibabel as nib
-    import numpy as np
-
-    from bundle.demo_phantom import synthesize_subject
-
-    image = synthesize_subject(0, 0, tuple(int(s) for s in shape)).images["t1"]
-    nib.save(nib.Nifti1Image(image, np.eye(4)), path)
-    return path
-
-
-def measure_inference(
-    overrides: Mapping[str, Any],
-    folder: str,
-    shape: Sequence[int],
-    rounds: int,
-    amp: bool,
-    volume_path: str | None = None,
-) -> dict[str, Any]:
-    """
-    Time ``configs/inference.yaml`` end to end on one synthetic volume against the bare forward, interleaved: per
-    round a fresh workflow (initialised untimed) is run, then its evaluator's forward (``bare_forward``) on the
-    workflow's preprocessed volume already on the device. The warm-up is one bare forward of the whole volume under
-    ``FlopCounterMode`` (with ``foreground_only`` the inferer runs only the foreground's box, so slices differ).
-    ``preprocess_s_per_volume`` is the median time of the workflow's loader alone (reading the volume, the
-    preprocessing chain, the copy to the device): the part of the workflow's time outside the network that comes
-    before it. Each round also times the bare forward over every window of every slice (the inferer's ``crop``
-    off) when the configured inferer crops to the foreground (``bundle.inference.ForegroundSliceInferer``):
-    ``crop_speedup`` is the median of the per-round ratios plain / cropped.
-
-    Parameters
-    ----------
-    overrides
-        config overrides (``image_size``, ``amp``, ``device``, ...); data, model and output folders are set here.
-    folder
-        an empty folder for the volume, ``models/model.pt`` and the masks.
-    shape
-        the volume's shape.
-    rounds
-        A/B rounds.
-    amp
-        the ``amp`` override (which nominal peak applies).
-    volume_path
-        a volume to segment instead of the synthetic one (e.g. a BraTS FLAIR; ``shape`` is then unused).
-    """
-    image = volume_path or _write_volume(os.path.join(folder, "volume_t1.nii.gz"), shape)
-    models = os.path.join(folder, "models")
-    os.makedirs(models, exist_ok=True)
-    common = {**overrides, "ckpt_dir": models, "dataset#data": [{"image": image}]}
-    # a freshly initialised network as the model file (no record: the config's settings)
-    network = bundle_workflow(
-        "inference.yaml", {**common, "output_dir": os.path.join(folder, "init")}, initialize=False
-    )
-    torch.save(network.parser.get_parsed_content("network").state_dict(), os.path.join(models, "model.pt"))
-    workflow_s: list[float] = []
-    bare_s: list[float] = []
-    plain_s: list[float] = []
-    preprocess_s: list[float] = []
-    stage_s: dict[str, list[float]] = {}
-    check_s: list[float] = []
-    flops = 0
-    for r in range(max(1, int(rounds))):
-        wf = bundle_workflow("inference.yaml", {**common, "output_dir": os.path.join(folder, f"masks_{r}")})
-        evaluator = wf.parser.get_parsed_content("evaluator")
-        device = torch.device(evaluator.state.device)
-        start = time.perf_counter()
-        batch = device_batches(wf.parser.get_parsed_content("dataloader"), 1, device)[0]
-        sync(device)
-        preprocess_s.append(time.perf_counter() - start)
-        depth = int(batch["image"].shape[-1])
-        if r == 0:
-            _reset_peak_memory(device)
-            flops = count_flops(lambda e=evaluator: bare_forward(e, batch))
-        sync(device)
-        start = time.perf_counter()
-        wf.run()
-        sync(device)
-        workflow_s.append(time.perf_counter() - start)
-        wf.finalize()
-        start = time.perf_counter()
-        output = bare_forward(evaluator, batch)
-        sync(device)
-        bare_s.append(time.perf_counter() - start)
-        for name, seconds in inference_stages(wf, image, batch, output, device).items():
-            stage_s.setdefault(name, []).append(seconds)
-        check_s.append(voxel_check_seconds(image, os.path.join(folder, f"check_{r}.nii.gz")))
-        if isinstance(evaluator.inferer, ForegroundSliceInferer):
-            evaluator.inferer.crop = False  # the same inferer over every window
-            start = time.perf_counter()
-            bare_forward(evaluator, batch)
-            sync(device)
-            plain_s.append(time.perf_counter() - start)
-            evaluator.inferer.crop = True
-    out = summarise(workflow_s, bare_s, depth, flops, device, amp, "volume")
-    out["preprocess_s_per_volume"] = round(statistics.median(preprocess_s), 5)
-    stages = {name: statistics.median(seconds) for name, seconds in stage_s.items()}
-    out["stage_s_per_volume"] = {name: round(seconds, 5) for name, seconds in stages.items()}
-    out["voxel_check_s_per_volume"] = round(statistics.median(check_s), 5)
-    # what the workflow spends outside its transforms and the forward: engine, handlers, collation, the record
-    outside = statistics.median(workflow_s) - statistics.median(bare_s) - sum(stages.values())
-    out["outside_stages_s_per_volume"] = round(outside, 5)
-    if plain_s:
-        out["plain_bare_s_per_volume"] = round(statistics.median(plain_s), 5)
-        out["crop_speedup"] = round(statistics.median(p / b for p, b in zip(plain_s, bare_s)), 4)
-    shape = [int(s) for s in batch["image"].shape[-3:]] if volume_path else [int(s) for s in shape]
-    return {**out, "volume_shape": shape, **_peak_memory(device)}
-
-
-def voxel_check_seconds(image: str, copy_path: str) -> float:
-    """
-    Seconds of the check of an input's voxels that ``configs/inference.yaml`` runs before the workflow
-    (``validate_voxels``, default True: ``bundle.validation.validate_records``) on a fresh copy of ``image`` at
-    ``copy_path`` (the check's results are cached per file within a process).
-    """
-    import shutil
-
-    from bundle.validation import validate_records
-
-    shutil.copyfile(image, copy_path)
-    start = time.perf_counter()
-    validate_records([{"image": copy_path}], ["image"], None, None, True, False, 1, "inference inputs")
-    return time.perf_counter() - start
-
-
-def inference_stages(
-    workflow: Any, image: str, batch: Mapping[str, Any], output: torch.Tensor, device: torch.device
-) -> dict[str, float]:
-    """
-    Seconds of each transform of ``configs/inference.yaml`` on one volume, each timed alone between device
-    synchronisations: its ``preprocessing`` from the file ``image``, then its ``postprocessing`` (``Invertd`` and
-    ``SaveImaged`` included) on what the evaluator's engine hands it, the decollated ``batch`` with the bare
-    forward's ``output`` as ``pred`` (the forward is timed by the caller). ``SaveImaged`` rewrites the mask that
-    the workflow's run has just written (the same mask). A transform that occurs twice is named ``<name> (2)``.
-
-    Returns
-    -------
-    dict
-        transform name -> seconds, in the order they run.
-    """
-    from monai.data import decollate_batch
-
-    def run(transforms: Sequence[Any], data: Any, seconds: dict[str, float]) -> Any:
-        for transform in transforms:
-            name = type(transform).__name__
-            name = name if name not in seconds else f"{name} ({sum(k.split(' ')[0] == name for k in seconds) + 1})"
-            sync(device)
-            start = time.perf_counter()
-            data = transform(data)
-            sync(device)
-            seconds[name] = time.perf_counter() - start
-        return data
-
-    seconds: dict[str, float] = {}
-    run(workflow.parser.get_parsed_content("preprocessing").transforms, {"image": image}, seconds)
-    item = decollate_batch({**batch, "pred": output})[0]
-    run(workflow.parser.get_parsed_content("postprocessing").transforms, item, seconds)
-    return seconds
+    return {**out, **peak_memory(device)}
 
 
 class EpochClock:
