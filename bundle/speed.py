@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "apply_speed_switches",
     "instance_norm_as_group_norm",
     "maybe_compile",
     "set_speed_switches",
@@ -100,6 +101,23 @@ def maybe_compile(
         trace_skipped_calls(module)
         module.compile(backend=backend, mode=mode)
     return module
+
+
+def apply_speed_switches(
+    module: nn.Module,
+    group_norm_kernel: bool = True,
+    channels_last: bool = False,
+    compile: bool = False,
+    backend: str = "inductor",
+    mode: str | None = None,
+) -> nn.Module:
+    """
+    The per-network speed switches of pre-training, in place and in the order they must run (the norms and the layout
+    before ``torch.compile`` captures the module): ``instance_norm_as_group_norm``, ``to_channels_last``,
+    ``maybe_compile``. ``configs/pretrain.yaml`` applies it to its generators and discriminators.
+    """
+    module = instance_norm_as_group_norm(module, group_norm_kernel)
+    return maybe_compile(to_channels_last(module, channels_last), compile, backend, mode)
 
 
 def set_speed_switches(tf32: bool | None = None, cudnn_benchmark: bool = False) -> dict[str, Any]:

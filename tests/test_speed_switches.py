@@ -13,7 +13,7 @@ from monai.networks.nets import BasicUNet
 from torch._dynamo.utils import counters
 
 from bundle.networks import MultiConDoSGenerators
-from bundle.speed import instance_norm_as_group_norm, maybe_compile, trace_skipped_calls
+from bundle.speed import apply_speed_switches, instance_norm_as_group_norm, maybe_compile, trace_skipped_calls
 from conftest import TINY_NET, build_trainer, config_path, paired_batches, run_workflow, scratch_finetune_overrides
 
 
@@ -170,7 +170,7 @@ def test_compiled_generator_pair_is_one_graph_with_unchanged_parameter_names():
     generators = MultiConDoSGenerators(features=TINY_NET["features"], projection_dim=16)
     names = list(generators.state_dict())
     reference = generators(a, b)
-    maybe_compile(instance_norm_as_group_norm(generators), True, "eager")  # as configs/pretrain.yaml does
+    apply_speed_switches(generators, True, False, True, "eager")  # as configs/pretrain.yaml does
     assert _graphs_and_breaks(lambda: generators(a, b)) == (1, 0)
     assert list(generators.state_dict()) == names
     out = generators(a, b)
