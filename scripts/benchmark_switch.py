@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from scripts.profile_step import _profiler, summarise_profile  # noqa: E402
+from scripts.profile_step import step_profiler, summarise_profile  # noqa: E402
 from scripts.workflow_harness import (  # noqa: E402
     RUN_IDS,
     OpCounter,
@@ -63,7 +63,7 @@ def _counts(trainer: Any, batches: list[Any], device: torch.device) -> dict[str,
         bare_steps(trainer, batches, 1)
     out: dict[str, float] = {"ops_per_step": float(counter.count)}
     if device.type == "cuda":
-        with _profiler(device) as prof:
+        with step_profiler(device) as prof:
             bare_steps(trainer, batches, 2)
             sync(device)
         out["launches_per_step"] = summarise_profile(prof, 2)["launches_per_step"]

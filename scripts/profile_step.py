@@ -74,7 +74,7 @@ def summarise_profile(prof: Any, steps: int) -> dict[str, Any]:
     }
 
 
-def _profiler(device: torch.device) -> Any:
+def step_profiler(device: torch.device) -> Any:
     """A ``torch.profiler.profile`` of the host and, on CUDA, the device."""
     return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else []))
 
@@ -111,11 +111,11 @@ def profile_config(config: str, overrides: dict[str, Any], batch_size: int, step
         bare_steps(engine, batches, steps)
         sync(device)
         step_s = (time.perf_counter() - start) / steps
-        with _profiler(device) as prof:
+        with step_profiler(device) as prof:
             bare_steps(engine, batches, steps)
             sync(device)
         out["bare"] = {"step_s": step_s, **summarise_profile(prof, steps)}
-        running["profiler"] = _profiler(device).__enter__()  # the next ``steps`` workflow iterations
+        running["profiler"] = step_profiler(device).__enter__()  # the next ``steps`` workflow iterations
         running["start"] = time.perf_counter()
 
     def workflow(engine: Any) -> None:

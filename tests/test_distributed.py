@@ -14,9 +14,13 @@ from conftest import ROOT, TINY_NET
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
+def _env(**env_vars: str) -> dict[str, str]:
+    """The workers' environment: one thread each (2 processes on the CI's 2 cores)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", **env_vars}
+
+
 def _run(cmd: list[str], timeout: int = 300, **env_vars: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_vars}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, timeout=timeout, env=env)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, timeout=timeout, env=_env(**env_vars))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -107,9 +111,8 @@ def _one_process_in_process(out: str) -> None:
 def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path):
     one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
     # the 2-process run in the background while this process computes the 1-process reference (no second start-up)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = subprocess.Popen(
-        [*TORCHRUN, "tests/ddp_worker.py", two], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*TORCHRUN, "tests/ddp_worker.py", two], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
         _one_process_in_process(one)
