@@ -99,7 +99,10 @@ def test_the_pretraining_step_reads_nothing_on_the_host():
 @pytest.mark.parametrize("config", ["pretrain.yaml", "train.yaml"])
 def test_the_workflow_reads_the_host_only_at_log_iterations(config, tiny_dataset, tmp_path):
     """Batched sampling on the device, the step and every handler: between iteration 1 (lazy optimizer state) and the
-    epoch's end (validation), values are read on the host only at the log_interval's iterations."""
+    epoch's end (validation), values are read on the host only at the log_interval's iterations. Counted where the
+    read reaches PyTorch's dispatcher (``SyncingOps``), not by method name (``HostReads``): on a CPU that would also
+    count reads of tensors that stay on the host on a GPU too (MONAI's ``DiceLoss`` calls ``torch.arange(...).tolist()``
+    every step)."""
     run = {"epochs": 1, "epoch_length": 7, "val_interval": 1, "log_interval": 3, "device_cache": True}
     if config == "pretrain.yaml":
         overrides = tiny_overrides(tiny_dataset, tmp_path, val_fraction=0.25, val_slices_per_subject=1, **run)
