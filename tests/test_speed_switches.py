@@ -14,7 +14,15 @@ from torch._dynamo.utils import counters
 
 from bundle.networks import MultiConDoSGenerators
 from bundle.speed import apply_speed_switches, instance_norm_as_group_norm, maybe_compile, trace_skipped_calls
-from conftest import TINY_NET, build_trainer, config_path, paired_batches, run_workflow, scratch_finetune_overrides
+from conftest import (
+    TINY_NET,
+    build_trainer,
+    config_path,
+    make_workflow,
+    paired_batches,
+    run_workflow,
+    scratch_finetune_overrides,
+)
 
 
 def _steps(n: int = 2, **kwargs) -> tuple[list[dict], dict]:
@@ -183,7 +191,28 @@ def test_compiled_finetuning_network_is_one_graph(tiny_dataset, tmp_path: Path):
         tiny_dataset, tmp_path / "ckpt", tmp_path / "out", compile=True, compile_backend="eager", epoch_length=1
     )
     graphs, breaks = _graphs_and_breaks(lambda: run_workflow(config_path("train.yaml"), overrides))
-    assert breaks == 0 and graphs >= 1
+    assert (graphs, breaks) == (1, 0)  # the training step; validation runs the network uncompiled in eval mode
+
+
+def test_compiled_pretraining_workflow_compiles_its_step_once(pretrain_overrides):
+    """Through the trainer, with validation every epoch: 3 graphs in the first step (the generator pair; the
+    discriminators in the generator step, on fakes that carry gradients; the discriminators in their own step, on
+    twice the batch), no graph break, and no recompilation in the steps and validations after it."""
+    from ignite.engine import Events
+
+    overrides = {**pretrain_overrides, "compile": True, "compile_backend": "eager"}  # 2 epochs of 2 iterations
+    after_first_step: list[int] = []
+
+    def run() -> None:
+        wf = make_workflow(config_path("pretrain.yaml"), overrides, run_id="training")
+        trainer = wf.parser.get_parsed_content("train#trainer")
+        record = lambda e: after_first_step.append(counters["stats"]["unique_graphs"])  # noqa: E731
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), record)
+        wf.run()
+        assert trainer.state.iteration == 4
+
+    assert _graphs_and_breaks(run) == (3, 0)
+    assert after_first_step == [3]
 
 
 def test_amp_dtype_is_bf16_unless_the_gpu_lacks_it(monkeypatch):
